@@ -1,0 +1,6 @@
+"""Train one model (or a sweep with -m). See `python scripts/train.py --help`."""
+
+from dsconv.train import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,6 @@
+"""Datasets held as uint8 tensors on the training device, batched without a DataLoader."""
+
+from dsconv.data.datasets import DatasetSplits, Split, load_dataset
+from dsconv.data.loader import DeviceBatches, GpuAugment, Normalize
+
+__all__ = ["DatasetSplits", "DeviceBatches", "GpuAugment", "Normalize", "Split", "load_dataset"]

@@ -1,0 +1,174 @@
+"""Load every dataset into uint8 ``(N, C, H, W)`` tensors with int64 labels, split train/val/test.
+
+Real datasets go through torchvision's classes, so files are found, checksummed and (with a
+network) downloaded exactly as torchvision users expect. The validation split is carved from the
+training set with a fixed ``split_seed``; the test set is only ever used for the final evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dsconv.errors import ConfigError, DataError
+
+MNIST_CLASSES = tuple(str(i) for i in range(10))
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8, (N, C, H, W)
+    labels: torch.Tensor  # int64, (N,)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def to(self, device: torch.device | str) -> Split:
+        return Split(self.images.to(device), self.labels.to(device))
+
+
+@dataclass
+class DatasetSplits:
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    classes: tuple[str, ...]
+    # Per-channel statistics of the *training* split, in [0, 1] units, for `normalize: stats`.
+    mean: tuple[float, ...] = field(default=())
+    std: tuple[float, ...] = field(default=())
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def load_dataset(cfg: Any, data_dir: str | Path) -> DatasetSplits:
+    """Load the dataset described by the ``dataset`` config group into CPU uint8 tensors."""
+    name = str(cfg.name)
+    if name not in _LOADERS:
+        raise ConfigError(f"unknown dataset {name!r}: choose one of {', '.join(sorted(_LOADERS))}")
+    train, test, classes = _LOADERS[name](cfg, Path(data_dir))
+    train, val = _carve_validation(train, int(cfg.val_size), int(cfg.get("split_seed", 0)), name)
+    limit = cfg.get("limit_train")
+    if limit:
+        train = Split(train.images[: int(limit)], train.labels[: int(limit)])
+    scaled = train.images.float().div_(255)
+    mean = tuple(scaled.mean(dim=(0, 2, 3)).tolist())
+    std = tuple(scaled.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist())
+    return DatasetSplits(name, train, val, test, classes, mean, std)
+
+
+def _carve_validation(train: Split, val_size: int, seed: int, name: str) -> tuple[Split, Split]:
+    n = len(train)
+    if val_size < 1 or val_size >= n:
+        raise ConfigError(
+            f"dataset.val_size={val_size} must be between 1 and {n - 1} ({name} has {n} training images)"
+        )
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    val_idx, train_idx = order[:val_size].sort().values, order[val_size:].sort().values
+    return (Split(train.images[train_idx], train.labels[train_idx]),
+            Split(train.images[val_idx], train.labels[val_idx]))
+
+
+def _mnist_like(cls_name: str, classes: tuple[str, ...]):
+    def load(cfg: Any, data_dir: Path) -> tuple[Split, Split, tuple[str, ...]]:
+        import torchvision.datasets as tvd
+
+        cls = getattr(tvd, cls_name)
+        splits = []
+        for train in (True, False):
+            ds = _open_torchvision(cls, data_dir, train, bool(cfg.get("download", True)), cls_name)
+            splits.append(Split(ds.data.unsqueeze(1).contiguous(), ds.targets.long()))
+        return splits[0], splits[1], classes
+
+    return load
+
+
+def _cifar10(cfg: Any, data_dir: Path) -> tuple[Split, Split, tuple[str, ...]]:
+    import torchvision.datasets as tvd
+
+    cls = tvd.CIFAR10
+    if not cfg.get("verify_checksums", True):
+        # Same on-disk format, minus the md5 check: lets tests run on tiny hand-written batches.
+        cls = type("UncheckedCIFAR10", (tvd.CIFAR10,), {
+            "_check_integrity": lambda self: True,
+            "_load_meta": lambda self: setattr(self, "classes", list(CIFAR10_CLASSES)),
+        })
+    splits = []
+    for train in (True, False):
+        ds = _open_torchvision(cls, data_dir, train, bool(cfg.get("download", True)), "CIFAR10")
+        images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
+        splits.append(Split(images, torch.as_tensor(ds.targets, dtype=torch.long)))
+    return splits[0], splits[1], CIFAR10_CLASSES
+
+
+def _open_torchvision(cls, data_dir: Path, train: bool, download: bool, label: str):
+    where = data_dir / ("cifar-10-batches-py" if label == "CIFAR10" else f"{label}/raw")
+    try:
+        return cls(root=str(data_dir), train=train, download=download)
+    except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError... for missing files
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(
+            f"{label} files not found or corrupt in {where} ({reason}); put the official files there "
+            f"(torchvision {label} layout) or set paths.data_dir / DSCONV_DATA_DIR, with dataset.download=true "
+            "on a machine with network"
+        ) from exc
+
+
+def _digits(cfg: Any, data_dir: Path) -> tuple[Split, Split, tuple[str, ...]]:
+    """scikit-learn's bundled 8x8 digits (1797 images, no download), resized to ``image_size``."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    images = torch.from_numpy(bunch.images).float().unsqueeze(1) / 16.0
+    size = int(cfg.get("image_size", 28))
+    images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+    labels = torch.from_numpy(bunch.target).long()
+    idx = np.arange(len(labels))
+    train_idx, test_idx = train_test_split(
+        idx, test_size=float(cfg.get("test_fraction", 0.2)), stratify=labels.numpy(),
+        random_state=int(cfg.get("split_seed", 0)),
+    )
+    train_idx, test_idx = torch.from_numpy(np.sort(train_idx)), torch.from_numpy(np.sort(test_idx))
+    return (Split(images[train_idx], labels[train_idx]), Split(images[test_idx], labels[test_idx]),
+            MNIST_CLASSES)
+
+
+def _synthetic(cfg: Any, data_dir: Path) -> tuple[Split, Split, tuple[str, ...]]:
+    """Class templates plus noise: learnable in an epoch, any shape, generated from a seed."""
+    channels, size, classes = int(cfg.channels), int(cfg.image_size), int(cfg.num_classes)
+    gen = torch.Generator().manual_seed(int(cfg.get("data_seed", 0)))
+    # Smooth templates (upsampled 4x4 noise) so convolutions have spatial structure to find.
+    templates = torch.rand(classes, channels, 4, 4, generator=gen)
+    templates = torch.nn.functional.interpolate(templates, size=(size, size), mode="bilinear", align_corners=False)
+
+    def make(n: int) -> Split:
+        labels = torch.randint(0, classes, (n,), generator=gen)
+        noise = torch.randn(n, channels, size, size, generator=gen) * float(cfg.get("noise", 0.25))
+        images = ((templates[labels] + noise).clamp(0, 1) * 255).round().to(torch.uint8)
+        return Split(images, labels)
+
+    return make(int(cfg.num_train)), make(int(cfg.num_test)), tuple(f"class_{i}" for i in range(classes))
+
+
+_LOADERS = {
+    "mnist": _mnist_like("MNIST", MNIST_CLASSES),
+    "fashion_mnist": _mnist_like("FashionMNIST", FASHION_CLASSES),
+    "cifar10": _cifar10,
+    "digits": _digits,
+    "synthetic": _synthetic,
+}

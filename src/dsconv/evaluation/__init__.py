@@ -1,0 +1,1 @@
+"""Evaluation: classification metrics, model complexity (params, MACs), plots."""

@@ -1,0 +1,70 @@
+"""Classification metrics from scikit-learn, on predictions gathered on the device."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, precision_recall_fscore_support
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, macro and per-class precision/recall/F1, and the confusion matrix."""
+    y_pred = logits.argmax(1).cpu().numpy()
+    y_true = labels.cpu().numpy()
+    label_ids = list(range(len(classes)))
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        y_true, y_pred, labels=label_ids, average="macro", zero_division=0
+    )
+    report = classification_report(
+        y_true, y_pred, labels=label_ids, target_names=list(classes), output_dict=True, zero_division=0
+    )
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "precision_macro": float(precision),
+        "recall_macro": float(recall),
+        "f1_macro": float(f1),
+        "report": report,
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=label_ids).tolist(),
+        "per_class_f1": {name: float(report[name]["f1-score"]) for name in classes},
+    }
+
+
+def fit_diagnosis(history: Sequence[dict[str, float]], best_epoch: int) -> dict[str, Any]:
+    """Over/underfitting verdict from the learning curves at the selected (best) epoch.
+
+    Rule: *overfitting* when, by the last epoch, the validation loss has risen more than 10% above
+    its minimum while the training loss kept falling, or when the train/val accuracy gap at the
+    best epoch exceeds 5 points; *underfitting* when training accuracy at the best epoch is below
+    90% of the best validation accuracy plus margin (both low: train acc < 0.8) or training loss is
+    still falling fast (> 5% per epoch over the last 3 epochs) when training stopped; otherwise a
+    good fit.
+    """
+    if not history:
+        return {"verdict": "unknown", "reason": "no epochs recorded"}
+    rows = {int(r["epoch"]): r for r in history}
+    best = rows.get(best_epoch, history[-1])
+    last = history[-1]
+    val_losses = np.array([r["val_loss"] for r in history])
+    min_val = float(val_losses.min())
+    gap_acc = float(best["train_acc"] - best["val_acc"])
+    rise = float(last["val_loss"] / min_val - 1) if min_val > 0 else 0.0
+    recent = [r["train_loss"] for r in history[-4:]]
+    falling = len(recent) >= 4 and all(b < a * 0.95 for a, b in zip(recent, recent[1:]))
+    details = {
+        "train_val_acc_gap_at_best": gap_acc,
+        "val_loss_rise_after_min": rise,
+        "train_loss_still_falling": bool(falling),
+        "train_acc_at_best": float(best["train_acc"]),
+    }
+    if (rise > 0.10 and last["train_loss"] < best["train_loss"]) or gap_acc > 0.05:
+        verdict, reason = "overfitting", "validation loss rose after its minimum while training loss fell, " \
+            "or train accuracy exceeds validation accuracy by more than 5 points"
+    elif best["train_acc"] < 0.8 or falling:
+        verdict, reason = "underfitting", "training accuracy below 80% or training loss still falling " \
+            ">5%/epoch when training stopped (train longer or use a bigger model)"
+    else:
+        verdict, reason = "good fit", "small train/val gap and validation loss near its minimum"
+    return {"verdict": verdict, "reason": reason, **details}

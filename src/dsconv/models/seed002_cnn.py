@@ -1,0 +1,82 @@
+"""The CIFAR-10 CNN pair of seed 002, reproduced layer for layer.
+
+``conv=standard`` is the seed's ``cnn.py``; ``conv=separable`` its ``depthwise.py``: the first three
+convs and Conv(128->256) become MobileNet ``conv_dw`` blocks (3x3 depthwise, BN, act; 1x1 pointwise,
+BN, act; no biases) while Conv(128->128) and Conv(256->256) stay standard in both twins, as in the
+seed. Standard convs keep PyTorch's default bias, as the seed's code does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from dsconv.layers import conv_norm_act, make_act
+from dsconv.models.init import init_weights
+from dsconv.models.stages import stage_kinds
+from dsconv.registry import register_model
+
+# (out_channels, batch norm, max-pool + dropout after, swappable to DS) per conv, as in the seed.
+SEED002_CONVS: tuple[tuple[int, bool, bool, bool], ...] = (
+    (32, True, False, True),
+    (64, True, False, True),
+    (128, True, False, True),
+    (128, False, True, False),
+    (256, True, False, True),
+    (256, False, True, False),
+)
+SEED002_HIDDEN = (1024, 512)
+
+
+class Seed002CNN(nn.Module):
+    def __init__(
+        self,
+        input_shape: tuple[int, int, int],
+        num_classes: int,
+        conv: str | list[str] = "standard",
+        act_layer: Any = nn.ReLU,
+        dropout: float = 0.25,
+        fc_dropout: float = 0.5,
+        conv_options: dict | None = None,
+    ) -> None:
+        super().__init__()
+        in_ch, height, width = input_shape
+        swappable = sum(1 for spec in SEED002_CONVS if spec[3])
+        kinds = iter(stage_kinds(conv, swappable))
+        layers: list[nn.Module] = []
+        for out_ch, use_bn, pool, swappable_conv in SEED002_CONVS:
+            kind = next(kinds) if swappable_conv else "standard"
+            options = dict(conv_options or {}) if kind != "standard" else {"bias": True}
+            layers.append(
+                conv_norm_act(kind, in_ch, out_ch, 3, norm_layer="batch" if use_bn else None,
+                              act_layer=act_layer, **options)
+            )
+            if pool:
+                layers.append(nn.MaxPool2d(2))
+                height, width = height // 2, width // 2
+                if out_ch == 128:  # the seed drops out after the first pool only
+                    layers.append(nn.Dropout(dropout))
+            in_ch = out_ch
+        self.features = nn.Sequential(*layers)
+        flat = in_ch * height * width  # 256 * 8 * 8 = 16384 at 32x32; follows the input shape
+        hidden1, hidden2 = SEED002_HIDDEN
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(flat, hidden1),
+            make_act(act_layer),
+            nn.Linear(hidden1, hidden2),
+            make_act(act_layer),
+            nn.Dropout(fc_dropout),
+            nn.Linear(hidden2, num_classes),
+        )
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+@register_model("seed002_cnn")
+def seed002_cnn(input_shape, num_classes, **options) -> nn.Module:
+    return Seed002CNN(input_shape, num_classes, **options)

@@ -1,0 +1,208 @@
+"""``train(cfg) -> metrics``: one run from a composed config; ``main`` is the thin Hydra CLI.
+
+The pure function does everything (validation, data, model, training, test evaluation, outputs);
+``main`` adds only Hydra's run directory and turns user errors into a one-line message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from dsconv.config import config_hash, flat_hparams, resolve_device, validate_config
+from dsconv.data import DeviceBatches, GpuAugment, Normalize, load_dataset
+from dsconv.errors import ConfigError, DsconvError
+from dsconv.evaluation.complexity import count_params, macs_by_module, model_summary
+from dsconv.evaluation.metrics import classification_metrics, fit_diagnosis
+from dsconv.evaluation.run_outputs import (
+    classification_report_text,
+    log_graph,
+    log_tensorboard_summary,
+    write_figures,
+    write_json,
+)
+from dsconv.layers.activations import act_layer_from_config
+from dsconv.models.stages import describe_conv
+from dsconv.paths import CONF_DIR
+from dsconv.registry import build_model
+from dsconv.training.checkpoint import load_checkpoint
+from dsconv.training.optim import build_optimizer, build_scheduler
+from dsconv.training.trainer import EarlyStopping, Trainer
+
+log = logging.getLogger("dsconv")
+
+# Run directories get a random suffix so jobs started in the same second never share one.
+OmegaConf.register_new_resolver("dsconv_uid", lambda: secrets.token_hex(3), use_cache=True, replace=True)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.use_deterministic_algorithms(False)
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Train, select the best validation checkpoint, evaluate it once on test, write every output."""
+    run_dir = Path(run_dir)
+    validate_config(cfg)
+    tcfg = cfg.trainer
+    device = resolve_device(str(tcfg.device))
+    if tcfg.get("num_threads"):
+        torch.set_num_threads(int(tcfg.num_threads))
+    seed_everything(int(tcfg.seed), bool(tcfg.deterministic))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    data = load_dataset(cfg.dataset, cfg.paths.data_dir)
+    if int(tcfg.batch_size) > len(data.train):
+        raise ConfigError(f"trainer.batch_size={tcfg.batch_size} exceeds the {len(data.train)} training images: "
+                          "lower it")
+    model = build_model(cfg.model, data.input_shape, data.num_classes, act_layer_from_config(cfg.activation))
+    params = count_params(model)
+    macs, _, flop_table = macs_by_module(model, data.input_shape)
+    summary = model_summary(model, data.input_shape)
+    (run_dir / "model_summary.txt").write_text(summary + "\n\n" + flop_table + "\n")
+    log.info("model %s (conv=%s) on %s %s\n%s", cfg.model.name, describe_conv(cfg.model.get("conv", "-")),
+             data.name, "x".join(map(str, data.input_shape)), summary)
+
+    channels_last = bool(tcfg.channels_last)
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    train_split, val_split, test_split = (s.to(device) for s in (data.train, data.val, data.test))
+    mean, std = (data.mean, data.std) if cfg.dataset.normalize == "stats" else ((0.5,) * 3, (0.5,) * 3)
+    normalize = Normalize(mean[: data.input_shape[0]], std[: data.input_shape[0]], device)
+    data_gen = torch.Generator().manual_seed(int(tcfg.seed))
+    augment = GpuAugment(int(cfg.dataset.augment.crop_padding), bool(cfg.dataset.augment.hflip))
+    train_batches = DeviceBatches(train_split, int(tcfg.batch_size), normalize, shuffle=True, drop_last=True,
+                                  augment=augment, generator=data_gen, channels_last=channels_last)
+    eval_bs = int(tcfg.get("eval_batch_size", 1024))
+    val_batches = DeviceBatches(val_split, eval_bs, normalize, channels_last=channels_last)
+    test_batches = DeviceBatches(test_split, eval_bs, normalize, channels_last=channels_last)
+
+    optimizer = build_optimizer(model.parameters(), cfg.optimizer)
+    schedule = build_scheduler(optimizer, cfg.scheduler, int(tcfg.epochs), len(train_batches))
+    writer = None
+    if cfg.get("tensorboard", True):
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        example = next(iter(val_batches))[0][:2]
+        log_graph(writer, model.eval(), example)
+
+    def on_epoch_end(row: dict[str, float]) -> None:
+        if writer is None:
+            return
+        epoch = int(row["epoch"])
+        for key in ("train_loss", "val_loss"):
+            writer.add_scalar(f"loss/{key.split('_')[0]}", row[key], epoch)
+        for key in ("train_acc", "val_acc"):
+            writer.add_scalar(f"accuracy/{key.split('_')[0]}", row[key], epoch)
+        writer.add_scalar("lr", row["lr"], epoch)
+        writer.add_scalar("speed/images_per_s", row["images_per_s"], epoch)
+        writer.add_scalar("speed/epoch_time_s", row["epoch_time_s"], epoch)
+        writer.flush()
+
+    stopper = EarlyStopping(str(tcfg.early_stopping.monitor), int(tcfg.early_stopping.patience),
+                            float(tcfg.early_stopping.min_delta))
+    trainer = Trainer(
+        model, optimizer, schedule, device=device, epochs=int(tcfg.epochs), precision=str(tcfg.precision),
+        grad_clip=tcfg.get("grad_clip"), early_stopping=stopper, run_dir=run_dir, data_generator=data_gen,
+        compile_model=bool(tcfg.compile), progress=bool(tcfg.get("progress_bar", True)),
+        on_epoch_end=on_epoch_end, extra_state={"config_hash": config_hash(cfg)},
+    )
+    started = time.perf_counter()
+    history = trainer.fit(train_batches, val_batches)
+    train_time = time.perf_counter() - started
+
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt", map_location=device)
+    model.load_state_dict(best["model"])
+    best_epoch = int(trainer.early_stopping.best_epoch)
+    test_start = time.perf_counter()
+    test = trainer.evaluate(test_batches)
+    test_time = time.perf_counter() - test_start
+    cls = classification_metrics(test.logits, test.labels, data.classes)
+    diagnosis = fit_diagnosis(history, best_epoch)
+    best_row = next(r for r in history if int(r["epoch"]) == best_epoch)
+
+    metrics: dict[str, Any] = {
+        "model": str(cfg.model.name),
+        "conv": describe_conv(cfg.model.get("conv", "standard")),
+        "dataset": data.name,
+        "seed": int(tcfg.seed),
+        "test_accuracy": cls["accuracy"],
+        "test_precision_macro": cls["precision_macro"],
+        "test_recall_macro": cls["recall_macro"],
+        "test_f1_macro": cls["f1_macro"],
+        "test_loss": test.loss,
+        "per_class_f1": cls["per_class_f1"],
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "best_val_acc": best_row["val_acc"],
+        "best_val_loss": best_row["val_loss"],
+        "params_total": params.total,
+        "params_trainable": params.trainable,
+        "macs_per_image": macs,
+        "macs_unit": "multiply-accumulates per image (fvcore; 1 fused multiply-add = 1)",
+        "train_time_s": train_time,
+        "mean_epoch_time_s": float(np.mean([r["epoch_time_s"] for r in history])),
+        "train_images_per_s": float(np.median([r["images_per_s"] for r in history])),
+        "test_eval_time_s": test_time,
+        "fit_diagnosis": diagnosis,
+        "device": str(device),
+        "precision": str(tcfg.precision),
+        "torch_version": torch.__version__,
+        "run_dir": str(run_dir),
+    }
+    write_json(run_dir / "metrics.json", metrics)
+    write_json(run_dir / "classification_report.json", cls["report"])
+    write_json(run_dir / "confusion_matrix.json", cls["confusion_matrix"])
+    title = f"{cfg.model.name} ({metrics['conv']})"
+    write_figures(run_dir, history=history, best_epoch=best_epoch, confusion=cls["confusion_matrix"],
+                  classes=data.classes, test_images=data.test.images, test_labels=data.test.labels,
+                  test_logits=test.logits, title=title, writer=writer)
+    if writer is not None:
+        final = {k: float(metrics[k]) for k in ("test_accuracy", "test_f1_macro", "best_val_acc", "train_time_s")}
+        final["macs_per_image"], final["params_total"] = float(macs), float(params.total)
+        log_tensorboard_summary(writer, hparams=flat_hparams(cfg), final=final,
+                                report_text=classification_report_text(cls["report"]),
+                                flop_table=flop_table, summary=summary)
+        writer.close()
+    log.info("test accuracy %.4f  macro F1 %.4f  (best epoch %d, %s) — outputs in %s",
+             cls["accuracy"], cls["f1_macro"], best_epoch, diagnosis["verdict"], run_dir)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        metrics = train(cfg, run_dir)
+    except DsconvError as exc:
+        if cfg.get("debug", False):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    # Sweepers (Optuna) optimise this return value: a validation metric, never a test one.
+    return float(metrics[str(cfg.get("objective", "best_val_acc"))])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Training: optimizers and schedulers from config, the epoch loop, checkpoints."""

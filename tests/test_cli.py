@@ -1,0 +1,107 @@
+"""The real CLI end to end: outputs exist and parse, multirun, and bad input fails cleanly."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dsconv.paths import REPO_ROOT
+from support import TINY_RUN, cli_env
+
+TRAIN = [sys.executable, str(REPO_ROOT / "scripts" / "train.py")]
+RUN_FILES = ("config.yaml", "training_log.csv", "metrics.json", "classification_report.json",
+             "confusion_matrix.png", "sample_predictions.png", "curves.png", "model_summary.txt",
+             "checkpoints/best.pt", "checkpoints/last.pt")
+
+
+def _run(args: list[str], tmp_path: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(TRAIN + args, cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _run_dirs(tmp_path: Path) -> list[Path]:
+    return sorted(p.parent for p in (tmp_path / "outputs").rglob("metrics.json"))
+
+
+@pytest.mark.slow
+def test_single_run_writes_every_output(tmp_path):
+    result = _run(TINY_RUN, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run_dir,) = _run_dirs(tmp_path)
+    for name in RUN_FILES:
+        assert (run_dir / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("test_accuracy", "test_precision_macro", "test_recall_macro", "test_f1_macro", "params_total",
+                "params_trainable", "macs_per_image", "train_time_s", "best_epoch", "fit_diagnosis"):
+        assert key in metrics, key
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    # mnist_cnn, channels [4, 8, 8], hidden 16, 1 input channel: conv+bias and BN per block, then the head.
+    convs = (1 * 4 * 9 + 4 + 2 * 4) + (4 * 8 * 9 + 8 + 2 * 8) + (8 * 8 * 9 + 8 + 2 * 8)
+    assert metrics["params_total"] == convs + (8 * 16 + 16) + (16 * 10 + 10) == 1274
+    rows = list(csv.DictReader((run_dir / "training_log.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    report = json.loads((run_dir / "classification_report.json").read_text())
+    assert report["accuracy"] == pytest.approx(metrics["test_accuracy"])
+    for png in ("confusion_matrix.png", "sample_predictions.png", "curves.png"):
+        assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    assert best["trainer"]["epoch"] == metrics["best_epoch"]
+    assert "total params" in (run_dir / "model_summary.txt").read_text()
+    _check_tensorboard(run_dir / "tensorboard")
+
+
+def _check_tensorboard(event_dir: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(event_dir), size_guidance={"images": 0, "tensors": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    scalars = {"loss/train", "loss/val", "accuracy/train", "accuracy/val", "lr", "speed/images_per_s"}
+    assert scalars <= set(tags["scalars"])
+    assert {"test/confusion_matrix", "test/sample_predictions", "test/curves"} <= set(tags["images"])
+    assert any("classification_report" in t for t in tags["tensors"])
+    assert any("flop_table" in t for t in tags["tensors"])
+    assert acc.Graph() is not None
+    plugins = acc.PluginTagToContent("hparams")
+    assert plugins, "no hparams record"
+
+
+@pytest.mark.slow
+def test_two_job_multirun_gets_two_dirs(tmp_path):
+    result = _run(["-m", *TINY_RUN, "trainer.epochs=1", "model.conv=standard,separable"], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = _run_dirs(tmp_path)
+    assert len(runs) == 2
+    convs = sorted(json.loads((r / "metrics.json").read_text())["conv"] for r in runs)
+    assert convs == ["separable", "standard"]
+
+
+@pytest.mark.parametrize(("override", "needle"), [
+    ("model=nonexistent", "model"),
+    ("dataset=imagenet", "dataset"),
+    ("optimizer=lion", "optimizer"),
+    ("optimizer.lr=0", "optimizer.lr=0 must be > 0"),
+    ("trainer.batch_size=0", "trainer.batch_size=0 must be >= 1"),
+    ("model.dropout=1.5", "model.dropout=1.5 is outside [0, 1)"),
+    ("trainer.epochs=0", "trainer.epochs=0 must be >= 1"),
+    ("model.name=nonexistent", "unknown model 'nonexistent'"),
+])
+def test_bad_input_fails_before_training(tmp_path, override, needle):
+    result = _run([*TINY_RUN, override], tmp_path, timeout=120)
+    assert result.returncode != 0
+    assert needle in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list((tmp_path / "outputs").rglob("training_log.csv"))
+
+
+def test_help_lists_groups(tmp_path):
+    result = _run(["--help"], tmp_path, timeout=120)
+    assert result.returncode == 0
+    for group in ("dataset:", "model:", "optimizer:", "scheduler:", "activation:", "trainer:"):
+        assert group in result.stdout

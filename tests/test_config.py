@@ -1,0 +1,138 @@
+"""Every option of every config group composes, validates and builds."""
+
+from __future__ import annotations
+
+import pytest
+import torch.nn as nn
+from omegaconf import OmegaConf
+
+from dsconv.config import config_hash, validate_config
+from dsconv.errors import ConfigError
+from dsconv.layers.activations import act_layer_from_config
+from dsconv.paths import CONF_DIR
+from dsconv.registry import build_model
+from dsconv.training.optim import build_optimizer, build_scheduler
+from support import compose_config
+
+GROUPS = ("dataset", "model", "optimizer", "scheduler", "activation", "trainer", "paths")
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in _options(g)])
+def test_every_group_option_composes_and_validates(group, option):
+    cfg = compose_config([f"{group}={option}"])
+    validate_config(cfg)
+    assert cfg[group] is not None
+
+
+@pytest.mark.parametrize("option", _options("model"))
+def test_every_model_config_builds(option):
+    cfg = compose_config([f"model={option}"])
+    model = build_model(cfg.model, (3, 32, 32), 10, act_layer_from_config(cfg.activation))
+    assert isinstance(model, nn.Module)
+
+
+def test_required_groups_are_present():
+    assert {"mnist", "fashion_mnist", "cifar10", "digits", "synthetic"} <= set(_options("dataset"))
+    assert {"standard", "depthwise", "densenet4", "mnist_cnn"} <= set(_options("model"))
+    assert {"adam", "sgd", "rmsprop", "adamw"} <= set(_options("optimizer"))
+    assert {"cosine", "onecycle", "step", "plateau", "none"} <= set(_options("scheduler"))
+    assert {"relu", "leaky_relu", "swish", "gelu"} <= set(_options("activation"))
+
+
+def test_stable_key_names():
+    cfg = compose_config()
+    for key in ("optimizer.lr", "trainer.epochs", "trainer.batch_size", "trainer.seed", "trainer.deterministic",
+                "trainer.device", "trainer.precision", "trainer.resume", "paths.data_dir", "model.conv"):
+        assert OmegaConf.select(cfg, key, default="<missing>") != "<missing>", key
+
+
+def test_depthwise_inherits_standard_and_switches_conv():
+    std, dw = compose_config(["model=standard"]).model, compose_config(["model=depthwise"]).model
+    assert std.conv == "standard" and dw.conv == "separable"
+    assert {k: v for k, v in dw.items() if k != "conv"} == {k: v for k, v in std.items() if k != "conv"}
+
+
+def test_data_dir_env_override(monkeypatch):
+    monkeypatch.setenv("DSCONV_DATA_DIR", "/somewhere/else")
+    assert compose_config().paths.data_dir == "/somewhere/else"
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("optimizer.lr=0", "optimizer.lr=0 must be > 0"),
+    ("optimizer.lr=-1e-3", "optimizer.lr"),
+    ("trainer.batch_size=0", "trainer.batch_size=0 must be >= 1"),
+    ("trainer.epochs=0", "trainer.epochs=0 must be >= 1"),
+    ("trainer.epochs=-2", "trainer.epochs"),
+    ("model.dropout=1.0", r"model.dropout=1.0 is outside \[0, 1\)"),
+    ("model.dropout=-0.1", "model.dropout"),
+    ("trainer.precision=fp8", "trainer.precision"),
+    ("trainer.precision=fp16", "needs a CUDA device"),
+    ("trainer.batch_size=abc", "not an integer"),
+])
+def test_bad_values_fail_validation_with_one_line(override, message):
+    cfg = compose_config([override])
+    with pytest.raises(ConfigError, match=message) as info:
+        validate_config(cfg)
+    assert "\n" not in str(info.value)
+
+
+def test_cuda_without_gpu_is_a_config_error():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        validate_config(compose_config(["trainer.device=cuda"]))
+
+
+@pytest.mark.parametrize("name", _options("scheduler"))
+def test_schedulers_follow_their_shape(name):
+    import torch
+
+    cfg = compose_config([f"scheduler={name}"])
+    opt = build_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg.optimizer)
+    schedule = build_scheduler(opt, cfg.scheduler, epochs=20, steps_per_epoch=5)
+    lrs = []
+    for _ in range(20):
+        for _ in range(5):
+            opt.step()
+            schedule.after_step()
+        schedule.after_epoch(1.0)  # a flat validation loss
+        lrs.append(opt.param_groups[0]["lr"])
+    base = cfg.optimizer.lr
+    if name == "none":
+        assert lrs == [base] * 20
+    elif name == "cosine":
+        assert lrs[-1] == pytest.approx(0.0, abs=1e-12) and all(a >= b for a, b in zip(lrs, lrs[1:]))
+    elif name == "step":
+        assert lrs[8] == pytest.approx(base) and lrs[9] == pytest.approx(base * 0.1)
+    elif name == "plateau":
+        assert lrs[-1] < base
+    elif name == "onecycle":
+        assert max(lrs) == pytest.approx(base, rel=0.05) and lrs[0] < base and lrs[-1] < base / 100
+
+
+def test_warmup_rises_linearly_then_decays():
+    import torch
+
+    cfg = compose_config(["scheduler=cosine", "scheduler.warmup_epochs=2"])
+    opt = build_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg.optimizer)
+    schedule = build_scheduler(opt, cfg.scheduler, epochs=10, steps_per_epoch=10)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        schedule.after_step()
+    assert lrs[0] == pytest.approx(cfg.optimizer.lr * 0.01)
+    assert all(a < b for a, b in zip(lrs[:20], lrs[1:20]))
+    assert lrs[20] == pytest.approx(cfg.optimizer.lr) and lrs[-1] < lrs[20]
+
+
+def test_config_hash_tracks_training_keys_only():
+    base = compose_config()
+    assert config_hash(base) == config_hash(compose_config(["trainer.progress_bar=false"]))
+    assert config_hash(base) != config_hash(compose_config(["optimizer.lr=0.01"]))
