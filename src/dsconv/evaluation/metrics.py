@@ -35,12 +35,11 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: 
 def fit_diagnosis(history: Sequence[dict[str, float]], best_epoch: int) -> dict[str, Any]:
     """Over/underfitting verdict from the learning curves at the selected (best) epoch.
 
-    Rule: *overfitting* when, by the last epoch, the validation loss has risen more than 10% above
-    its minimum while the training loss kept falling, or when the train/val accuracy gap at the
-    best epoch exceeds 5 points; *underfitting* when training accuracy at the best epoch is below
-    90% of the best validation accuracy plus margin (both low: train acc < 0.8) or training loss is
-    still falling fast (> 5% per epoch over the last 3 epochs) when training stopped; otherwise a
-    good fit.
+    Rule: *overfitting* when the validation loss ends more than 10% above its minimum while the
+    training loss kept falling, or when train accuracy exceeds validation accuracy by more than 5
+    points at the best epoch; *underfitting* when train accuracy at the best epoch is below 80%, or
+    the training loss was still falling by more than 5% per epoch over the last 3 epochs when
+    training stopped; otherwise a good fit.
     """
     if not history:
         return {"verdict": "unknown", "reason": "no epochs recorded"}

@@ -1,0 +1,1 @@
+"""Aggregate run directories (single runs and sweeps) into one comparison report."""

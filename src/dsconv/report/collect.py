@@ -1,0 +1,165 @@
+"""Find runs under sweep directories and group those that differ only by seed."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Keys that never change what a run measures, so they must not split groups.
+IGNORED_KEYS = ("trainer.seed", "paths", "tensorboard", "debug", "objective", "trainer.progress_bar",
+                "trainer.resume", "trainer.num_threads", "trainer.eval_batch_size", "hydra")
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict[str, Any]
+    metrics: dict[str, Any] | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    confusion: list[list[int]] | None = None
+    failure: dict[str, Any] | None = None
+    model_choice: str | None = None  # the conf/model option the run was launched with
+
+    @property
+    def status(self) -> str:
+        if self.metrics is not None:
+            return "ok"
+        return "failed" if self.failure is not None else "unfinished"
+
+    @property
+    def seed(self) -> Any:
+        return self.config.get("trainer", {}).get("seed")
+
+
+def find_runs(roots: list[Path]) -> list[Run]:
+    """Every directory holding a composed config: a finished, failed or interrupted run."""
+    seen: set[Path] = set()
+    runs: list[Run] = []
+    for root in roots:
+        if not root.exists():
+            raise FileNotFoundError(f"{root} does not exist: pass a run or sweep directory")
+        candidates = {p.parent for p in root.rglob("metrics.json")} | {p.parent for p in root.rglob("failure.json")}
+        candidates |= {p.parent.parent for p in root.rglob(".hydra/config.yaml")}
+        for run_dir in sorted(candidates):
+            if run_dir.resolve() in seen or (run_dir / "multirun.yaml").exists():
+                continue
+            seen.add(run_dir.resolve())
+            runs.append(load_run(run_dir))
+    return runs
+
+
+def load_run(run_dir: Path) -> Run:
+    config = _read_yaml(run_dir / "config.yaml") or _read_yaml(run_dir / ".hydra" / "config.yaml") or {}
+    hydra_cfg = _read_yaml(run_dir / ".hydra" / "hydra.yaml") or {}
+    choice = hydra_cfg.get("hydra", {}).get("runtime", {}).get("choices", {}).get("model")
+    run = Run(run_dir, config, model_choice=choice)
+    if (run_dir / "metrics.json").is_file():
+        run.metrics = json.loads((run_dir / "metrics.json").read_text())
+    if (run_dir / "failure.json").is_file():
+        run.failure = json.loads((run_dir / "failure.json").read_text())
+        run.config = run.config or run.failure.get("config", {})
+    if (run_dir / "training_log.csv").is_file():
+        with (run_dir / "training_log.csv").open() as handle:
+            run.history = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]
+    if (run_dir / "confusion_matrix.json").is_file():
+        run.confusion = json.loads((run_dir / "confusion_matrix.json").read_text())
+    return run
+
+
+def _read_yaml(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    data = yaml.safe_load(path.read_text())
+    return data if isinstance(data, dict) else None
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = json.dumps(value) if isinstance(value, list) else value
+    return out
+
+
+def _ignored(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in IGNORED_KEYS)
+
+
+def group_key(run: Run) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted((k, v) for k, v in flatten(run.config).items() if not _ignored(k)))
+
+
+@dataclass
+class Group:
+    key: tuple[tuple[str, Any], ...]
+    runs: list[Run]
+    label: str = ""
+
+    @property
+    def model_choice(self) -> str:
+        return self.runs[0].model_choice or str(self.settings.get("model.name", "?"))
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.key)
+
+    @property
+    def ok_runs(self) -> list[Run]:
+        return [r for r in self.runs if r.status == "ok"]
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    """Group finished runs by everything but the seed, and label each group by what varies."""
+    groups: dict[tuple, Group] = {}
+    for run in runs:
+        if run.status != "ok":
+            continue
+        key = group_key(run)
+        groups.setdefault(key, Group(key, [])).runs.append(run)
+    result = list(groups.values())
+    varying = [k for k in _varying_keys([g.settings for g in result]) if not _implied_by_model_choice(k, result)]
+    for group in result:
+        settings = group.settings
+        # Name the model config and conv kind; then whatever else differs between groups.
+        head = f"{group.model_choice} [{_conv_label(settings.get('model.conv', '-'))}]"
+        parts = [f"{_short(k)}={settings.get(k)}" for k in varying if k not in ("model.name", "model.conv")]
+        group.label = ", ".join([head, *parts])
+    return sorted(result, key=lambda g: g.label)
+
+
+def _implied_by_model_choice(key: str, groups: list[Group]) -> bool:
+    """A model.* key that is constant among groups launched with the same model config."""
+    if not key.startswith("model."):
+        return False
+    values: dict[str, set[str]] = {}
+    for group in groups:
+        values.setdefault(group.model_choice, set()).add(json.dumps(group.settings.get(key), default=str))
+    return all(len(v) == 1 for v in values.values())
+
+
+def _varying_keys(settings: list[dict[str, Any]]) -> list[str]:
+    keys = sorted({k for s in settings for k in s})
+    varying = [k for k in keys if len({json.dumps(s.get(k), default=str) for s in settings}) > 1]
+    # Put the headline keys first so labels read "model=..., conv=..., ...".
+    priority = ["model.name", "model.conv", "dataset.name"]
+    return sorted(varying, key=lambda k: (priority.index(k) if k in priority else len(priority), k))
+
+
+def _conv_label(conv: Any) -> str:
+    if isinstance(conv, str) and conv.startswith("["):
+        kinds = json.loads(conv)
+        return kinds[0] if len(set(kinds)) == 1 else "hybrid " + "/".join(k[:3] for k in kinds)
+    return str(conv)
+
+
+def _short(key: str) -> str:
+    return {"model.name": "model", "model.conv": "conv", "dataset.name": "dataset",
+            "optimizer.name": "optimizer", "activation.name": "activation"}.get(key, key)
