@@ -7,10 +7,10 @@ import json
 import pytest
 from omegaconf import OmegaConf
 from scipy import stats
-from support import TINY_RUN, compose_config
 
 from dsconv.report.cli import main as report_main
 from dsconv.train import train
+from support import TINY_RUN, compose_config
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_report_groups_pairs_and_tests(sweep_dir, tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "| mnist_cnn [standard] | mnist_cnn [separable] |" in report
     assert "loss is NaN at epoch 1 step 3" in report
-    assert "no metrics.json" in report
+    assert "no metrics.json (killed" in report
     assert "Rule:" in report and "overfitting" in report
     for name in payload["figures"].values():
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"

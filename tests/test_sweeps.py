@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from support import TINY_RUN, cli_env, compose_config
 
 from dsconv.paths import CONF_DIR, REPO_ROOT
+from support import TINY_RUN, cli_env, compose_config
 
 TRAIN = [sys.executable, str(REPO_ROOT / "scripts" / "train.py")]
 

@@ -65,7 +65,8 @@ def load_run(run_dir: Path) -> Run:
         run.config = run.config or run.failure.get("config", {})
     if (run_dir / "training_log.csv").is_file():
         with (run_dir / "training_log.csv").open() as handle:
-            run.history = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]
+            run.history = [{k: float(v) for k, v in row.items() if v not in ("", None)}
+                           for row in csv.DictReader(handle)]
     if (run_dir / "confusion_matrix.json").is_file():
         run.confusion = json.loads((run_dir / "confusion_matrix.json").read_text())
     return run

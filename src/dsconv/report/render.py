@@ -120,8 +120,8 @@ def _markdown(runs: list[Run], groups: list[Group], pairs: list[PairComparison],
     lines += ["", "## Failed or unfinished runs", ""]
     if bad:
         lines += ["| run | status | error |", "|---|---|---|"]
-        lines += [f"| `{r.path}` | {r.status} | {(r.failure or {}).get('error', 'no metrics.json (killed or running)')} |"
-                  for r in bad]
+        unfinished = "no metrics.json (killed or still running)"
+        lines += [f"| `{r.path}` | {r.status} | {(r.failure or {}).get('error', unfinished)} |" for r in bad]
     else:
         lines.append("None.")
     if figures:
