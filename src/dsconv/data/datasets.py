@@ -97,21 +97,46 @@ def _mnist_like(cls_name: str, classes: tuple[str, ...]):
 
 
 def _cifar10(cfg: Any, data_dir: Path) -> tuple[Split, Split, tuple[str, ...]]:
-    import torchvision.datasets as tvd
-
-    cls = tvd.CIFAR10
-    if not cfg.get("verify_checksums", True):
-        # Same on-disk format, minus the md5 check: lets tests run on tiny hand-written batches.
-        cls = type("UncheckedCIFAR10", (tvd.CIFAR10,), {
-            "_check_integrity": lambda self: True,
-            "_load_meta": lambda self: setattr(self, "classes", list(CIFAR10_CLASSES)),
-        })
+    cls = cifar10_class(bool(cfg.get("verify_checksums", True)))
     splits = []
     for train in (True, False):
         ds = _open_torchvision(cls, data_dir, train, bool(cfg.get("download", True)), "CIFAR10")
         images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
         splits.append(Split(images, torch.as_tensor(ds.targets, dtype=torch.long)))
     return splits[0], splits[1], CIFAR10_CLASSES
+
+
+def cifar10_class(verify_checksums: bool = True):
+    """torchvision's CIFAR10, or a subclass reading the same format without the md5 checks.
+
+    The unchecked class lets tests and benchmarks use small batches written in the real format.
+    """
+    import torchvision.datasets as tvd
+
+    if verify_checksums:
+        return tvd.CIFAR10
+    return type("UncheckedCIFAR10", (tvd.CIFAR10,), {
+        "_check_integrity": lambda self: True,
+        "_load_meta": lambda self: setattr(self, "classes", list(CIFAR10_CLASSES)),
+    })
+
+
+def write_cifar10_batches(root: str | Path, images: np.ndarray, labels: np.ndarray, test_size: int) -> Path:
+    """Write uint8 ``(N, 32, 32, 3)`` images as CIFAR-10's python batches (5 train + 1 test)."""
+    import pickle
+
+    base = Path(root) / "cifar-10-batches-py"
+    base.mkdir(parents=True, exist_ok=True)
+    flat = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+    train_x, train_y = flat[test_size:], labels[test_size:]
+    for i, chunk in enumerate(np.array_split(np.arange(len(train_x)), 5), start=1):
+        # str keys: the official files were pickled by Python 2 and load with str keys.
+        batch = {"data": train_x[chunk], "labels": [int(v) for v in train_y[chunk]], "batch_label": f"batch {i}"}
+        (base / f"data_batch_{i}").write_bytes(pickle.dumps(batch))
+    test = {"data": flat[:test_size], "labels": [int(v) for v in labels[:test_size]], "batch_label": "test"}
+    (base / "test_batch").write_bytes(pickle.dumps(test))
+    (base / "batches.meta").write_bytes(pickle.dumps({"label_names": list(CIFAR10_CLASSES)}))
+    return base
 
 
 def _open_torchvision(cls, data_dir: Path, train: bool, download: bool, label: str):
