@@ -16,9 +16,13 @@ from omegaconf import DictConfig, OmegaConf
 from dsconv.errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+NAN_POLICIES = ("stop", "skip")
 # Keys whose change makes a checkpoint meaningless for this run (used by resume checks).
 TRAINING_KEYS = ("dataset", "model", "optimizer", "scheduler", "activation", "trainer.batch_size",
-                 "trainer.epochs", "trainer.seed", "trainer.precision", "trainer.grad_clip")
+                 "trainer.epochs", "trainer.seed", "trainer.precision", "trainer.grad_clip",
+                 "trainer.deterministic", "trainer.early_stopping")
+# Inside TRAINING_KEYS, but changing them cannot change what is trained.
+RESUME_IGNORED = ("dataset.download",)
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -40,6 +44,8 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"unknown dataset.name {cfg.dataset.name!r}: choose one of {', '.join(sorted(_LOADERS))}")
     get_model_builder(str(cfg.model.name))
     get_act_layer(str(cfg.activation.name))
+    _validate_model_shape(cfg.model)
+    _validate_dataset(cfg.dataset)
     for key, value in _walk(cfg.model, "model"):
         if key.rsplit(".", 1)[-1].endswith("dropout") and value is not None:
             _require_number(value, key, minimum=0.0, hint="use a dropout probability in [0, 1)")
@@ -58,6 +64,44 @@ def validate_config(cfg: DictConfig) -> None:
     if trainer.get("grad_clip") is not None:
         _require_number(trainer.grad_clip, "trainer.grad_clip", minimum=0.0, strict=True,
                         hint="use a positive max norm or null")
+    _validate_reliability(trainer)
+
+
+def _validate_model_shape(model: DictConfig) -> None:
+    kernel = model.get("kernel_size")
+    if kernel is not None:
+        _require_int(kernel, "model.kernel_size", minimum=1)
+        padding = (model.get("conv_options") or {}).get("padding")
+        # The models pad by (k - 1) // 2, which keeps H x W only for odd k.
+        if kernel % 2 == 0 and padding is None:
+            raise ConfigError(f"model.kernel_size={kernel} is even: 'same' padding is impossible with the default "
+                              "(k - 1) // 2 padding; use an odd kernel size (3, 5, 7)")
+    if "growth_rate" in model:
+        _require_int(model.growth_rate, "model.growth_rate", minimum=1)
+
+
+def _validate_dataset(dataset: DictConfig) -> None:
+    _require_int(dataset.get("val_size", 1), "dataset.val_size", minimum=1)
+    # Real datasets are checked against their size once loaded; synthetic ones are known now.
+    if "num_train" in dataset:
+        _require_int(dataset.num_train, "dataset.num_train", minimum=2)
+        if dataset.val_size >= dataset.num_train:
+            raise ConfigError(f"dataset.val_size={dataset.val_size} must be smaller than dataset.num_train="
+                              f"{dataset.num_train}: the validation split is carved out of the training set")
+
+
+def _validate_reliability(trainer: DictConfig) -> None:
+    _require_int(trainer.seed, "trainer.seed", minimum=0)
+    policy = str(trainer.get("nan_policy", "stop"))
+    if policy not in NAN_POLICIES:
+        raise ConfigError(f"trainer.nan_policy={policy!r} is unknown: choose one of {', '.join(NAN_POLICIES)}")
+    _require_int(trainer.get("max_skipped_steps", 0), "trainer.max_skipped_steps", minimum=0)
+    every = trainer.get("checkpoint_every_steps")
+    if every is not None:
+        _require_int(every, "trainer.checkpoint_every_steps", minimum=0)
+    resume = trainer.get("resume")
+    if resume is not None and (not isinstance(resume, str) or not resume.strip()):
+        raise ConfigError(f"trainer.resume={resume!r}: use null, auto, a checkpoint file or a run directory")
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -85,6 +129,23 @@ def training_view(cfg: DictConfig, keys: tuple[str, ...] = TRAINING_KEYS) -> dic
         value = OmegaConf.select(cfg, key)
         view[key] = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
     return view
+
+
+def flat_training_config(cfg: DictConfig) -> dict[str, Any]:
+    """The training view as ``{"optimizer.lr": 0.001, ...}``: a checkpoint stores it so a resume can
+    name exactly which keys differ."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}.{key}")
+        elif not any(prefix == k or prefix.startswith(k + ".") for k in RESUME_IGNORED):
+            out[prefix] = node
+
+    for key, value in training_view(cfg).items():
+        walk(value, key)
+    return out
 
 
 def flat_hparams(cfg: DictConfig) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import os
 import random
 import secrets
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -20,24 +21,19 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dsconv.config import config_hash, flat_hparams, resolve_device, validate_config
+from dsconv.config import config_hash, flat_hparams, flat_training_config, resolve_device, validate_config
 from dsconv.data import DeviceBatches, GpuAugment, Normalize, load_dataset
 from dsconv.errors import ConfigError, DsconvError
 from dsconv.evaluation.complexity import count_params, macs_by_module, model_summary
-from dsconv.evaluation.metrics import classification_metrics, fit_diagnosis
-from dsconv.evaluation.run_outputs import (
-    classification_report_text,
-    log_graph,
-    log_tensorboard_summary,
-    write_figures,
-    write_json,
-)
 from dsconv.layers.activations import act_layer_from_config
 from dsconv.models.stages import describe_conv
 from dsconv.paths import CONF_DIR
 from dsconv.registry import build_model
-from dsconv.training.checkpoint import load_checkpoint
+from dsconv.training.callbacks import bad_output_dir_message, clear_failure, one_line, write_failure
+from dsconv.training.checkpoint import CheckpointError, load_checkpoint
+from dsconv.training.faults import NonFiniteLossError, TrainingInterrupted
 from dsconv.training.optim import build_optimizer, build_scheduler
+from dsconv.training.resume import adopt_best, check_compatible, find_resume_point, resume_command
 from dsconv.training.trainer import EarlyStopping, Trainer
 
 log = logging.getLogger("dsconv")
@@ -58,8 +54,13 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(False)
 
 
-def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Train, select the best validation checkpoint, evaluate it once on test, write every output."""
+def train(cfg: DictConfig, run_dir: str | Path, *, resume_hint: str | None = None) -> dict[str, Any]:
+    """Train, select the best validation checkpoint, evaluate it once on test, write every output.
+
+    Everything that can be checked (config, device, data, model, the checkpoint to resume from, the
+    output dir) is checked before the first file is written. ``resume_hint`` is the command shown
+    when a signal interrupts training.
+    """
     run_dir = Path(run_dir)
     validate_config(cfg)
     tcfg = cfg.trainer
@@ -67,14 +68,18 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     if tcfg.get("num_threads"):
         torch.set_num_threads(int(tcfg.num_threads))
     seed_everything(int(tcfg.seed), bool(tcfg.deterministic))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     data = load_dataset(cfg.dataset, cfg.paths.data_dir)
     if int(tcfg.batch_size) > len(data.train):
         raise ConfigError(f"trainer.batch_size={tcfg.batch_size} exceeds the {len(data.train)} training images: "
                           "lower it")
     model = build_model(cfg.model, data.input_shape, data.num_classes, act_layer_from_config(cfg.activation))
+    resume = find_resume_point(tcfg.get("resume"), run_dir, map_location=device)
+    if resume is not None:
+        check_compatible(resume, cfg)
+    ensure_writable(run_dir)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
     params = count_params(model)
     macs, _, flop_table = macs_by_module(model, data.input_shape)
     summary = model_summary(model, data.input_shape)
@@ -101,9 +106,14 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     if cfg.get("tensorboard", True):
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-        example = next(iter(val_batches))[0][:2]
-        log_graph(writer, model.eval(), example)
+        # On resume, events past the checkpoint's epoch are hidden so curves do not fold back.
+        purge = resume.epoch + 1 if resume is not None else None
+        writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
+        if resume is None:
+            from dsconv.evaluation.run_outputs import log_graph
+
+            example = next(iter(val_batches))[0][:2]
+            log_graph(writer, model.eval(), example)
 
     def on_epoch_end(row: dict[str, float]) -> None:
         if writer is None:
@@ -124,15 +134,42 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         model, optimizer, schedule, device=device, epochs=int(tcfg.epochs), precision=str(tcfg.precision),
         grad_clip=tcfg.get("grad_clip"), early_stopping=stopper, run_dir=run_dir, data_generator=data_gen,
         compile_model=bool(tcfg.compile), progress=bool(tcfg.get("progress_bar", True)),
-        on_epoch_end=on_epoch_end, extra_state={"config_hash": config_hash(cfg)},
+        on_epoch_end=on_epoch_end,
+        extra_state={"config_hash": config_hash(cfg), "training_config": flat_training_config(cfg)},
+        checkpoint_every_steps=tcfg.get("checkpoint_every_steps"), nan_policy=str(tcfg.get("nan_policy", "stop")),
+        max_skipped_steps=int(tcfg.get("max_skipped_steps", 0)),
+        resume_hint=resume_hint or f"hydra.run.dir={run_dir} trainer.resume=auto",
     )
-    started = time.perf_counter()
-    history = trainer.fit(train_batches, val_batches)
-    train_time = time.perf_counter() - started
+    if resume is not None:
+        trainer.load_state_dict(resume.state)
+        trainer.last_checkpoint, trainer.last_checkpoint_step = resume.path, resume.step
+        adopt_best(resume, run_dir)
+        log.info("resuming from %s", resume.describe())
+    try:
+        history = trainer.fit(train_batches, val_batches)
+    except NonFiniteLossError:
+        _keep_curves(run_dir, trainer.state.history, cfg)
+        raise
+    train_time = trainer.state.train_time_s
+    own_last = run_dir / "checkpoints" / "last.pt"
+    if resume is not None and trainer.last_checkpoint == resume.path and resume.path.resolve() != own_last.resolve():
+        trainer.save(own_last)  # nothing was left to train, but this run dir still gets a good last.pt
 
-    best = load_checkpoint(run_dir / "checkpoints" / "best.pt", map_location=device)
-    model.load_state_dict(best["model"])
+    # Imported only now: sklearn and matplotlib add seconds to every start, even failing ones.
+    from dsconv.evaluation.metrics import classification_metrics, fit_diagnosis
+    from dsconv.evaluation.run_outputs import (
+        classification_report_text,
+        log_tensorboard_summary,
+        write_figures,
+        write_json,
+    )
+
     best_epoch = int(trainer.early_stopping.best_epoch)
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt", map_location=device)
+    if int(best["trainer"]["epoch"]) != best_epoch:
+        raise CheckpointError(f"{run_dir / 'checkpoints' / 'best.pt'} holds epoch {best['trainer']['epoch']}, not the "
+                              f"best epoch {best_epoch}: copy the original run's best.pt there")
+    model.load_state_dict(best["model"])
     test_start = time.perf_counter()
     test = trainer.evaluate(test_batches)
     test_time = time.perf_counter() - test_start
@@ -188,18 +225,63 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     return metrics
 
 
+def ensure_writable(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as exc:
+        raise ConfigError(bad_output_dir_message(run_dir, exc.strerror or type(exc).__name__)) from exc
+
+
+def _keep_curves(run_dir: Path, history: list[dict[str, float]], cfg: DictConfig) -> None:
+    """A diverged run still leaves its curves up to the last good epoch (training_log.csv stays too)."""
+    if not history:
+        return
+    try:
+        from dsconv.evaluation.plots import curves_figure, save_figure
+
+        figure = curves_figure(history, None, f"{cfg.model.name} (stopped: non-finite loss)")
+        save_figure(figure, run_dir / "curves.png")
+    except Exception as exc:  # the figure is a courtesy; the error being raised matters more
+        log.warning("could not draw curves.png: %s", exc)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    overrides = [str(o) for o in hydra_cfg.overrides.task]
+    if multirun:
+        clear_failure(run_dir)
     try:
-        metrics = train(cfg, run_dir)
-    except DsconvError as exc:
-        if cfg.get("debug", False):
-            raise
+        metrics = train(cfg, run_dir, resume_hint=resume_command(sys.argv[0], overrides, run_dir))
+    except TrainingInterrupted as exc:
+        # Preemption ends the whole sweep too: the scheduler is taking the machine away.
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print(f"error: stopped by a second Ctrl-C; the newest checkpoint in {run_dir / 'checkpoints'} is intact: "
+              f"resume with {resume_command(sys.argv[0], overrides, run_dir)}", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:
+        user_error = isinstance(exc, DsconvError)
+        if not multirun:
+            if not user_error or cfg.get("debug", False):
+                raise
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(getattr(exc, "exit_code", 2))
+        # In a sweep the other jobs go on; the failure is recorded for the summary and dsconv-report.
+        path = write_failure(run_dir, exc, overrides, cfg)
+        if user_error and not cfg.get("debug", False):
+            print(f"error: job {hydra_cfg.job.num} [{' '.join(overrides)}]: {one_line(exc)} ({path})", file=sys.stderr)
+        else:
+            log.error("job %s [%s] failed (%s)", hydra_cfg.job.num, " ".join(overrides), path, exc_info=exc)
+        return float("nan")  # Optuna records a NaN objective as a failed trial
     # Sweepers (Optuna) optimise this return value: a validation metric, never a test one.
     return float(metrics[str(cfg.get("objective", "best_val_acc"))])
 

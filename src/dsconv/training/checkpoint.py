@@ -1,7 +1,9 @@
 """Checkpoints written atomically and read back with ``weights_only=True``.
 
 A checkpoint is written to a temporary file in the same directory, fsynced, then renamed over the
-old one: a crash mid-write leaves the previous good file in place. Loading never unpickles
+old one: a crash mid-write leaves the previous good file in place. With ``keep_previous`` the old
+file is first renamed to ``<name>.prev.pt``, so a checkpoint that is later found corrupt (bad disk,
+copied half-way) still has a good predecessor for ``trainer.resume=auto``. Loading never unpickles
 arbitrary objects, so a checkpoint from an untrusted source cannot run code.
 """
 
@@ -23,21 +25,44 @@ class CheckpointError(DsconvError):
     """A checkpoint is missing, truncated, corrupt, or holds more than tensors and plain data."""
 
 
-def atomic_save(obj: Any, path: str | Path) -> Path:
+TMP_SUFFIX = ".tmp"
+
+
+def previous_path(path: str | Path) -> Path:
+    """Where ``atomic_save(..., keep_previous=True)`` keeps the file it replaces."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def atomic_save(obj: Any, path: str | Path, *, keep_previous: bool = False) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        # A crash between the two renames leaves only <name>.prev.pt, which resume=auto also reads.
+        if keep_previous and path.exists():
+            os.replace(path, previous_path(path))
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Delete half-written ``.<name>.*.tmp`` files left by a process killed inside ``atomic_save``."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = [p for p in directory.glob(f".*{TMP_SUFFIX}") if p.is_file()]
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -59,13 +84,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist: check the path or use trainer.resume=auto")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        # weights_only=True: the unpickler accepts tensors and plain containers only, so a crafted
+        # file fails here instead of running its payload.
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"checkpoint {path} cannot be loaded safely ({first[:200]}): it is truncated, corrupt, "
             "or holds pickled objects other than tensors and plain data"
         ) from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a dict of state")
+    return state
 
 
 def rng_state() -> dict[str, Any]:

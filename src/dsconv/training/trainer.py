@@ -2,18 +2,32 @@
 
 Per-batch statistics stay on the device (no ``.item()`` inside the loop); one host sync per epoch
 reads them. Everything needed to continue a run — model, optimizer, scheduler, grad scaler,
-early-stopping state, RNG states and the data-order generator — is in ``state_dict()``.
+early-stopping state, RNG states, the data-order generator and, for a checkpoint taken inside an
+epoch, that epoch's partial statistics — is in ``state_dict()``, and a resumed run is bit-identical
+to an uninterrupted one on CPU.
+
+Mid-epoch checkpoints (``checkpoint_every_steps`` or a SIGTERM/SIGINT) store the data generator as
+it was *before* the epoch's permutation was drawn plus the number of batches already trained on.
+Resuming rewinds the generator and replays those batches without training on them: the replay
+draws the same permutation and augmentation random numbers, so the remaining batches are exactly
+the ones the interrupted run would have seen, whatever the batch iterable does internally.
+
+Non-finite losses: with ``nan_policy="stop"`` the loop records the first bad step in a device-side
+tensor (no per-step host sync) and checks it at the epoch end and before every checkpoint, so a
+checkpoint never holds weights trained on a NaN; training stops naming the epoch, step and last good
+checkpoint. ``nan_policy="skip"`` must decide before ``optimizer.step`` whether to apply a step, so
+it reads ``isfinite(loss)`` every step (one host sync per step, the price of skipping).
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
+import itertools
 import logging
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,55 +37,20 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from dsconv.training.checkpoint import atomic_save, rng_state
+from dsconv.training.faults import GracefulStop, NonFiniteLossError, TrainingInterrupted
 from dsconv.training.optim import Schedule
+from dsconv.training.state import (  # noqa: F401  (EvalResult, LOG_FIELDS: re-exported)
+    LOG_FIELDS,
+    EarlyStopping,
+    EpochProgress,
+    EvalResult,
+    TrainerState,
+    append_csv,
+    rewrite_csv,
+)
 
 log = logging.getLogger(__name__)
-LOG_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "images_per_s")
-
-
-@dataclass
-class EarlyStopping:
-    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs (0 = never)."""
-
-    monitor: str = "val_acc"
-    patience: int = 0
-    min_delta: float = 0.0
-    best: float | None = None
-    best_epoch: int = 0
-    bad_epochs: int = 0
-
-    @property
-    def mode(self) -> str:
-        return "min" if self.monitor.endswith("loss") else "max"
-
-    def update(self, metrics: dict[str, float], epoch: int) -> bool:
-        value = metrics[self.monitor]
-        sign = -1.0 if self.mode == "min" else 1.0
-        improved = self.best is None or sign * (value - self.best) > self.min_delta
-        if improved:
-            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
-        else:
-            self.bad_epochs += 1
-        return improved
-
-    @property
-    def should_stop(self) -> bool:
-        return self.patience > 0 and self.bad_epochs >= self.patience
-
-
-@dataclass
-class EvalResult:
-    loss: float
-    accuracy: float
-    logits: torch.Tensor
-    labels: torch.Tensor
-
-
-@dataclass
-class TrainerState:
-    epoch: int = 0  # epochs completed
-    step: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
+NAN_POLICIES = ("stop", "skip")
 
 
 def autocast_context(device: torch.device, precision: str):
@@ -99,7 +78,14 @@ class Trainer:
         progress: bool = True,
         on_epoch_end: Callable[[dict[str, float]], None] | None = None,
         extra_state: dict[str, Any] | None = None,
+        checkpoint_every_steps: int | None = None,
+        nan_policy: str = "stop",
+        max_skipped_steps: int = 0,
+        handle_signals: bool = True,
+        resume_hint: str | None = None,
     ) -> None:
+        if nan_policy not in NAN_POLICIES:
+            raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
         self.model = model
         self.optimizer = optimizer
         self.schedule = schedule
@@ -114,46 +100,124 @@ class Trainer:
         self.progress = progress
         self.on_epoch_end = on_epoch_end
         self.extra_state = extra_state or {}
+        self.checkpoint_every_steps = checkpoint_every_steps or 0
+        self.nan_policy = nan_policy
+        self.max_skipped_steps = max_skipped_steps
+        self.handle_signals = handle_signals
+        self.resume_hint = resume_hint
         # fp16 needs loss scaling to keep small gradients representable; bf16 has fp32's range.
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.state = TrainerState()
+        self.last_checkpoint: Path | None = None  # the newest checkpoint known to hold finite weights
+        self.last_checkpoint_step = 0
+        self._epoch: EpochProgress | None = None  # set while an epoch is in flight
+        self._pending: EpochProgress | None = None  # a mid-epoch checkpoint's epoch, to continue
+        self._stop: GracefulStop | None = None
+        self._fit_started: float | None = None
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
 
     # ----------------------------------------------------------------- one epoch
     def train_epoch(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], epoch: int) -> dict[str, float]:
         self.model.train()
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen = 0
-        start = time.perf_counter()
-        bar = tqdm(batches, desc=f"epoch {epoch}/{self.epochs}", leave=False, disable=None if self.progress else True,
-                   total=len(batches) if hasattr(batches, "__len__") else None)
+        progress = self._begin_epoch(epoch)
+        iterator = iter(batches)
+        # Replay, without training, the batches a mid-epoch checkpoint had already consumed.
+        for _ in itertools.islice(iterator, progress.batches_done):
+            pass
+        start = time.perf_counter() - progress.elapsed_s
+        total = len(batches) if hasattr(batches, "__len__") else None
+        bar = tqdm(iterator, desc=f"epoch {epoch}/{self.epochs}", leave=False, disable=None if self.progress else True,
+                   total=total, initial=progress.batches_done)
         for images, labels in bar:
-            with autocast_context(self.device, self.precision):
-                logits = self.forward(images)
-                loss = F.cross_entropy(logits.float(), labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if self.grad_clip:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.schedule.after_step()
-            self.state.step += 1
-            n = labels.shape[0]
-            loss_sum += loss.detach() * n
-            correct += (logits.detach().argmax(1) == labels).sum()
-            seen += n
+            self._train_step(images, labels, progress)
+            progress.batches_done += 1
+            progress.elapsed_s = time.perf_counter() - start
+            every = self.checkpoint_every_steps
+            interrupted = self._stop is not None and self._stop.requested
+            if interrupted or (every and self.state.step % every == 0 and progress.batches_done != total):
+                path = self._save_mid_epoch()
+                if interrupted:
+                    self._interrupt(path)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - start
-        train_loss = loss_sum.item() / max(seen, 1)
+        self._raise_if_nonfinite(progress)
+        seen = progress.seen
+        self._epoch = None
         return {
-            "train_loss": train_loss,
-            "train_acc": correct.item() / max(seen, 1),
+            "lr": progress.lr,
+            "train_loss": progress.loss_sum.item() / max(seen, 1),
+            "train_acc": progress.correct.item() / max(seen, 1),
             "epoch_time_s": elapsed,
             "images_per_s": seen / elapsed if elapsed > 0 else math.nan,
         }
+
+    def _begin_epoch(self, epoch: int) -> EpochProgress:
+        pending, self._pending = self._pending, None
+        if pending is not None and pending.epoch == epoch:
+            if self.data_generator is not None and pending.generator_state is not None:
+                self.data_generator.set_state(pending.generator_state)
+            self._epoch = pending
+            return pending
+        zeros = dict(device=self.device)
+        self._epoch = EpochProgress(
+            epoch, float(self.optimizer.param_groups[0]["lr"]),
+            self.data_generator.get_state() if self.data_generator is not None else None,
+            torch.zeros((), **zeros), torch.zeros((), dtype=torch.long, **zeros),
+            torch.full((), -1, dtype=torch.long, **zeros))
+        return self._epoch
+
+    def _train_step(self, images: torch.Tensor, labels: torch.Tensor, progress: EpochProgress) -> None:
+        with autocast_context(self.device, self.precision):
+            logits = self.forward(images)
+            loss = F.cross_entropy(logits.float(), labels)
+        if self.nan_policy == "skip" and not bool(torch.isfinite(loss.detach())):
+            self._skip_step(float(loss.detach()), progress)
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.schedule.after_step()
+        self.state.step += 1
+        n = labels.shape[0]
+        loss = loss.detach()
+        progress.loss_sum += loss * n
+        progress.correct += (logits.detach().argmax(1) == labels).sum()
+        progress.seen += n
+        if self.nan_policy == "stop":
+            bad = (progress.first_bad_step < 0) & ~torch.isfinite(loss)
+            progress.first_bad_step = torch.where(bad, self.state.step, progress.first_bad_step)
+
+    def _skip_step(self, value: float, progress: EpochProgress) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.skipped_steps += 1
+        where = f"epoch {progress.epoch}, batch {progress.batches_done + 1} (after step {self.state.step})"
+        if self.state.skipped_steps > self.max_skipped_steps:
+            raise NonFiniteLossError(
+                f"training loss was {value} at {where}: {self.state.skipped_steps} steps skipped, more than "
+                f"trainer.max_skipped_steps={self.max_skipped_steps}; {self._last_good()}. "
+                "Lower optimizer.lr or set trainer.grad_clip")
+        log.warning("non-finite training loss (%s) at %s: step skipped (%d of at most %d)", value, where,
+                    self.state.skipped_steps, self.max_skipped_steps)
+
+    def _raise_if_nonfinite(self, progress: EpochProgress) -> None:
+        bad_step = int(progress.first_bad_step)  # the one host sync this policy costs per check
+        if bad_step >= 0:
+            raise NonFiniteLossError(
+                f"training loss became NaN/Inf at epoch {progress.epoch}, step {bad_step}; training stopped, "
+                f"{self._last_good()}. Lower optimizer.lr, set trainer.grad_clip, or use trainer.nan_policy=skip")
+
+    def _last_good(self) -> str:
+        if self.last_checkpoint is None:
+            return "no checkpoint was written before it"
+        return f"last good checkpoint {self.last_checkpoint} (step {self.last_checkpoint_step})"
 
     @torch.inference_mode()
     def evaluate(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> EvalResult:
@@ -171,45 +235,92 @@ class Trainer:
     # ----------------------------------------------------------------- the loop
     def fit(self, train_batches, val_batches) -> list[dict[str, float]]:
         log_path = self.run_dir / "training_log.csv"
-        first = self.state.epoch + 1
-        for epoch in range(first, self.epochs + 1):
-            row: dict[str, float] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
-            row.update(self.train_epoch(train_batches, epoch))
-            val = self.evaluate(val_batches)
-            row.update(val_loss=val.loss, val_acc=val.accuracy)
-            self.schedule.after_epoch(val.loss)
-            self.state.epoch = epoch
-            self.state.history.append(row)
-            improved = self.early_stopping.update(row, epoch)
-            _append_csv(log_path, row)
-            log.info(
-                "epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.3g | %.1fs %.0f img/s%s",
-                epoch, self.epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
-                row["lr"], row["epoch_time_s"], row["images_per_s"], "  *best*" if improved else "",
-            )
-            if self.on_epoch_end is not None:
-                self.on_epoch_end(row)
-            self.save(self.run_dir / "checkpoints" / "last.pt")
-            if improved:
-                self.save(self.run_dir / "checkpoints" / "best.pt")
-            if self.early_stopping.should_stop:
-                log.info("early stopping: %s has not improved for %d epochs (best %.4f at epoch %d)",
-                         self.early_stopping.monitor, self.early_stopping.patience,
-                         self.early_stopping.best, self.early_stopping.best_epoch)
-                break
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # The log mirrors the history being continued: rows written after that checkpoint go.
+        rewrite_csv(log_path, self.state.history)
+        self._fit_started, base_time = time.perf_counter(), self.state.train_time_s
+        with GracefulStop(self.handle_signals) as stop:
+            self._stop = stop
+            try:
+                for epoch in range(self.state.epoch + 1, self.epochs + 1):
+                    if self.early_stopping.should_stop:
+                        break  # a checkpoint written on the stopping epoch: nothing left to train
+                    if not self._run_epoch(epoch, train_batches, val_batches, log_path):
+                        break
+            finally:
+                self._stop = None
+                self.state.train_time_s = base_time + time.perf_counter() - self._fit_started
+                self._fit_started = None
         return self.state.history
+
+    def _run_epoch(self, epoch: int, train_batches, val_batches, log_path: Path) -> bool:
+        row: dict[str, float] = {"epoch": epoch}
+        row.update(self.train_epoch(train_batches, epoch))
+        val = self.evaluate(val_batches)
+        row.update(val_loss=val.loss, val_acc=val.accuracy)
+        if not math.isfinite(val.loss):
+            raise NonFiniteLossError(
+                f"validation loss is {val.loss} after epoch {epoch} (step {self.state.step}): the weights diverged; "
+                f"training stopped, {self._last_good()}. Lower optimizer.lr or set trainer.grad_clip")
+        self.schedule.after_epoch(val.loss)
+        self.state.epoch = epoch
+        self.state.history.append(row)
+        improved = self.early_stopping.update(row, epoch)
+        append_csv(log_path, row)
+        log.info(
+            "epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.3g | %.1fs %.0f img/s%s",
+            epoch, self.epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
+            row["lr"], row["epoch_time_s"], row["images_per_s"], "  *best*" if improved else "",
+        )
+        if self.on_epoch_end is not None:
+            self.on_epoch_end(row)
+        # best.pt first: a crash between the two leaves an older last.pt, whose resume redoes this epoch
+        # and rewrites best.pt identically; the other order could leave a last.pt whose best epoch has none.
+        if improved:
+            self.save(self.checkpoint_dir / "best.pt")
+        self.save(self.checkpoint_dir / "last.pt")
+        if self._stop is not None and self._stop.requested:
+            self._interrupt(self.checkpoint_dir / "last.pt")
+        if self.early_stopping.should_stop:
+            log.info("early stopping: %s has not improved for %d epochs (best %.4f at epoch %d)",
+                     self.early_stopping.monitor, self.early_stopping.patience,
+                     self.early_stopping.best, self.early_stopping.best_epoch)
+            return False
+        return True
+
+    def _save_mid_epoch(self) -> Path:
+        assert self._epoch is not None
+        self._raise_if_nonfinite(self._epoch)  # never checkpoint weights trained on a NaN
+        return self.save(self.checkpoint_dir / "last.pt")
+
+    def _interrupt(self, path: Path) -> None:
+        assert self._stop is not None
+        where = (f"epoch {self._epoch.epoch}, step {self.state.step}" if self._epoch is not None
+                 else f"the end of epoch {self.state.epoch}")
+        hint = self.resume_hint or f"trainer.resume={path}"
+        message = f"interrupted by {self._stop.name} at {where}: checkpoint written to {path}; resume with: {hint}"
+        log.warning(message)
+        raise TrainingInterrupted(message, int(self._stop.signum or 0))
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
+        progress = self._epoch
+        generator = self.data_generator.get_state() if self.data_generator is not None else None
+        train_time = self.state.train_time_s
+        if self._fit_started is not None:
+            train_time += time.perf_counter() - self._fit_started
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
             "early_stopping": asdict(self.early_stopping),
-            "trainer": {"epoch": self.state.epoch, "step": self.state.step, "history": self.state.history},
+            "trainer": {"epoch": self.state.epoch, "step": self.state.step, "history": self.state.history,
+                        "skipped_steps": self.state.skipped_steps, "train_time_s": train_time},
             "rng": rng_state(),
-            "data_generator": self.data_generator.get_state() if self.data_generator is not None else None,
+            # Inside an epoch: the generator as of the epoch start (see the module docstring).
+            "data_generator": progress.generator_state if progress is not None else generator,
+            "in_epoch": progress.to_state() if progress is not None else None,
             **self.extra_state,
         }
 
@@ -222,19 +333,18 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.early_stopping = EarlyStopping(**state["early_stopping"])
         trainer = state["trainer"]
-        self.state = TrainerState(int(trainer["epoch"]), int(trainer["step"]), list(trainer["history"]))
+        self.state = TrainerState(int(trainer["epoch"]), int(trainer["step"]), list(trainer["history"]),
+                                  int(trainer.get("skipped_steps", 0)), float(trainer.get("train_time_s", 0.0)))
         set_rng_state(state["rng"])
-        if self.data_generator is not None and state.get("data_generator") is not None:
-            self.data_generator.set_state(state["data_generator"])
+        generator = state.get("data_generator")
+        if self.data_generator is not None and generator is not None:
+            self.data_generator.set_state(generator)
+        in_epoch = state.get("in_epoch")
+        self._pending = EpochProgress.from_state(in_epoch, generator, self.device) if in_epoch else None
 
     def save(self, path: Path) -> Path:
-        return atomic_save(self.state_dict(), path)
-
-
-def _append_csv(path: Path, row: dict[str, float]) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+        path = Path(path)
+        # last.pt keeps its predecessor so resume=auto survives a checkpoint that is later found corrupt.
+        atomic_save(self.state_dict(), path, keep_previous=path.name == "last.pt")
+        self.last_checkpoint, self.last_checkpoint_step = path, self.state.step
+        return path
