@@ -20,7 +20,7 @@ NAN_POLICIES = ("stop", "skip")
 # Keys whose change makes a checkpoint meaningless for this run (used by resume checks).
 TRAINING_KEYS = ("dataset", "model", "optimizer", "scheduler", "activation", "trainer.batch_size",
                  "trainer.epochs", "trainer.seed", "trainer.precision", "trainer.grad_clip",
-                 "trainer.deterministic", "trainer.early_stopping")
+                 "trainer.deterministic", "trainer.early_stopping", "trainer.fast")
 # Inside TRAINING_KEYS, but changing them cannot change what is trained.
 RESUME_IGNORED = ("dataset.download",)
 

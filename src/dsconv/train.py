@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dsconv.config import config_hash, flat_hparams, flat_training_config, resolve_device, validate_config
-from dsconv.data import DeviceBatches, GpuAugment, Normalize, load_dataset
+from dsconv.data import load_dataset
 from dsconv.errors import ConfigError, DsconvError
 from dsconv.evaluation.complexity import count_params, macs_by_module, model_summary
 from dsconv.layers.activations import act_layer_from_config
@@ -32,8 +32,8 @@ from dsconv.registry import build_model
 from dsconv.training.callbacks import bad_output_dir_message, clear_failure, one_line, write_failure
 from dsconv.training.checkpoint import CheckpointError, load_checkpoint
 from dsconv.training.faults import NonFiniteLossError, TrainingInterrupted
-from dsconv.training.optim import build_optimizer, build_scheduler
 from dsconv.training.resume import adopt_best, check_compatible, find_resume_point, resume_command
+from dsconv.training.setup import build_components
 from dsconv.training.trainer import EarlyStopping, Trainer
 
 log = logging.getLogger("dsconv")
@@ -70,9 +70,6 @@ def train(cfg: DictConfig, run_dir: str | Path, *, resume_hint: str | None = Non
     seed_everything(int(tcfg.seed), bool(tcfg.deterministic))
 
     data = load_dataset(cfg.dataset, cfg.paths.data_dir)
-    if int(tcfg.batch_size) > len(data.train):
-        raise ConfigError(f"trainer.batch_size={tcfg.batch_size} exceeds the {len(data.train)} training images: "
-                          "lower it")
     model = build_model(cfg.model, data.input_shape, data.num_classes, act_layer_from_config(cfg.activation))
     resume = find_resume_point(tcfg.get("resume"), run_dir, map_location=device)
     if resume is not None:
@@ -87,21 +84,9 @@ def train(cfg: DictConfig, run_dir: str | Path, *, resume_hint: str | None = Non
     log.info("model %s (conv=%s) on %s %s\n%s", cfg.model.name, describe_conv(cfg.model.get("conv", "-")),
              data.name, "x".join(map(str, data.input_shape)), summary)
 
-    channels_last = bool(tcfg.channels_last)
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    train_split, val_split, test_split = (s.to(device) for s in (data.train, data.val, data.test))
-    mean, std = (data.mean, data.std) if cfg.dataset.normalize == "stats" else ((0.5,) * 3, (0.5,) * 3)
-    normalize = Normalize(mean[: data.input_shape[0]], std[: data.input_shape[0]], device)
-    data_gen = torch.Generator().manual_seed(int(tcfg.seed))
-    augment = GpuAugment(int(cfg.dataset.augment.crop_padding), bool(cfg.dataset.augment.hflip))
-    train_batches = DeviceBatches(train_split, int(tcfg.batch_size), normalize, shuffle=True, drop_last=True,
-                                  augment=augment, generator=data_gen, channels_last=channels_last)
-    eval_bs = int(tcfg.get("eval_batch_size", 1024))
-    val_batches = DeviceBatches(val_split, eval_bs, normalize, channels_last=channels_last)
-    test_batches = DeviceBatches(test_split, eval_bs, normalize, channels_last=channels_last)
-
-    optimizer = build_optimizer(model.parameters(), cfg.optimizer)
-    schedule = build_scheduler(optimizer, cfg.scheduler, int(tcfg.epochs), len(train_batches))
+    parts = build_components(cfg, data, model, device)
+    train_batches, val_batches, test_batches = parts.train_batches, parts.val_batches, parts.test_batches
+    optimizer, schedule, data_gen, speed = parts.optimizer, parts.schedule, parts.data_generator, parts.speed
     writer = None
     if cfg.get("tensorboard", True):
         from torch.utils.tensorboard import SummaryWriter
@@ -131,9 +116,9 @@ def train(cfg: DictConfig, run_dir: str | Path, *, resume_hint: str | None = Non
     stopper = EarlyStopping(str(tcfg.early_stopping.monitor), int(tcfg.early_stopping.patience),
                             float(tcfg.early_stopping.min_delta))
     trainer = Trainer(
-        model, optimizer, schedule, device=device, epochs=int(tcfg.epochs), precision=str(tcfg.precision),
+        model, optimizer, schedule, device=device, epochs=int(tcfg.epochs), precision=speed.precision,
         grad_clip=tcfg.get("grad_clip"), early_stopping=stopper, run_dir=run_dir, data_generator=data_gen,
-        compile_model=bool(tcfg.compile), progress=bool(tcfg.get("progress_bar", True)),
+        compile_model=speed.compile, progress=bool(tcfg.get("progress_bar", True)),
         on_epoch_end=on_epoch_end,
         extra_state={"config_hash": config_hash(cfg), "training_config": flat_training_config(cfg)},
         checkpoint_every_steps=tcfg.get("checkpoint_every_steps"), nan_policy=str(tcfg.get("nan_policy", "stop")),
@@ -202,7 +187,8 @@ def train(cfg: DictConfig, run_dir: str | Path, *, resume_hint: str | None = Non
         "test_eval_time_s": test_time,
         "fit_diagnosis": diagnosis,
         "device": str(device),
-        "precision": str(tcfg.precision),
+        "precision": speed.precision,
+        "channels_last": speed.channels_last,
         "torch_version": torch.__version__,
         "run_dir": str(run_dir),
     }
