@@ -38,9 +38,11 @@ def test_single_run_writes_every_output(tmp_path):
         assert (run_dir / name).is_file(), name
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for key in ("test_accuracy", "test_precision_macro", "test_recall_macro", "test_f1_macro", "params_total",
-                "params_trainable", "macs_per_image", "train_time_s", "best_epoch", "fit_diagnosis"):
+                "params_trainable", "macs_per_image", "train_time_s", "best_epoch", "fit_diagnosis",
+                "latency_ms_b1", "throughput_img_s"):
         assert key in metrics, key
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert metrics["latency_ms_b1"] > 0 and metrics["throughput_img_s"] > 0
     # mnist_cnn, channels [4, 8, 8], hidden 16, 1 input channel: conv+bias and BN per block, then the head.
     convs = (1 * 4 * 9 + 4 + 2 * 4) + (4 * 8 * 9 + 8 + 2 * 8) + (8 * 8 * 9 + 8 + 2 * 8)
     assert metrics["params_total"] == convs + (8 * 16 + 16) + (16 * 10 + 10) == 1274

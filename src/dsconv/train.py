@@ -159,6 +159,7 @@ def train(cfg: DictConfig, run_dir: str | Path, *, resume_hint: str | None = Non
     test = trainer.evaluate(test_batches)
     test_time = time.perf_counter() - test_start
     cls = classification_metrics(test.logits, test.labels, data.classes)
+    inference = _inference_profile(cfg, model, data.input_shape, speed)
     diagnosis = fit_diagnosis(history, best_epoch)
     best_row = next(r for r in history if int(r["epoch"]) == best_epoch)
 
@@ -185,6 +186,11 @@ def train(cfg: DictConfig, run_dir: str | Path, *, resume_hint: str | None = Non
         "mean_epoch_time_s": float(np.mean([r["epoch_time_s"] for r in history])),
         "train_images_per_s": float(np.median([r["images_per_s"] for r in history])),
         "test_eval_time_s": test_time,
+        # Inference speed of the selected model, measured once here; dsconv-bench measures more.
+        "latency_ms_b1": inference.get("latency_ms_b1_median"),
+        "latency_ms_b1_p90": inference.get("latency_ms_b1_p90"),
+        "throughput_img_s": inference.get("throughput_img_s"),
+        "inference_profile": inference,
         "fit_diagnosis": diagnosis,
         "device": str(device),
         "precision": speed.precision,
@@ -209,6 +215,20 @@ def train(cfg: DictConfig, run_dir: str | Path, *, resume_hint: str | None = Non
     log.info("test accuracy %.4f  macro F1 %.4f  (best epoch %d, %s) — outputs in %s",
              cls["accuracy"], cls["f1_macro"], best_epoch, diagnosis["verdict"], run_dir)
     return metrics
+
+
+def _inference_profile(cfg: DictConfig, model, input_shape, speed) -> dict[str, Any]:
+    """Batch-1 latency and batched throughput in the run's precision and memory format (~1-2 s)."""
+    if not cfg.get("profile_inference", True):
+        return {}
+    from dsconv.benchmark.measure import quick_inference_profile
+
+    try:
+        return quick_inference_profile(model, input_shape, dtype=speed.precision,
+                                       channels_last=speed.channels_last, batch_size=64)
+    except Exception as exc:  # a profiling hiccup must not cost the run its results
+        log.warning("inference profile skipped: %s", exc)
+        return {}
 
 
 def ensure_writable(run_dir: Path) -> None:
