@@ -35,8 +35,9 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: 
 def fit_diagnosis(history: Sequence[dict[str, float]], best_epoch: int) -> dict[str, Any]:
     """Over/underfitting verdict from the learning curves at the selected (best) epoch.
 
-    Rule: *overfitting* when the validation loss ends more than 10% above its minimum while the
-    training loss kept falling, or when train accuracy exceeds validation accuracy by more than 5
+    Rule: *overfitting* when the validation loss ends more than 10% above its minimum, reached at
+    least 2 epochs before the end (one noisy epoch is not a trend), while the training loss kept
+    falling, or when train accuracy exceeds validation accuracy by more than 5
     points at the best epoch; *underfitting* when train accuracy at the best epoch is below 80%, or
     the training loss was still falling by more than 5% per epoch over the last 3 epochs when
     training stopped; otherwise a good fit.
@@ -48,6 +49,7 @@ def fit_diagnosis(history: Sequence[dict[str, float]], best_epoch: int) -> dict[
     last = history[-1]
     val_losses = np.array([r["val_loss"] for r in history])
     min_val = float(val_losses.min())
+    epochs_since_min = len(history) - 1 - int(val_losses.argmin())
     gap_acc = float(best["train_acc"] - best["val_acc"])
     rise = float(last["val_loss"] / min_val - 1) if min_val > 0 else 0.0
     recent = [r["train_loss"] for r in history[-4:]]
@@ -55,10 +57,11 @@ def fit_diagnosis(history: Sequence[dict[str, float]], best_epoch: int) -> dict[
     details = {
         "train_val_acc_gap_at_best": gap_acc,
         "val_loss_rise_after_min": rise,
+        "epochs_since_val_loss_min": epochs_since_min,
         "train_loss_still_falling": bool(falling),
         "train_acc_at_best": float(best["train_acc"]),
     }
-    if (rise > 0.10 and last["train_loss"] < best["train_loss"]) or gap_acc > 0.05:
+    if (rise > 0.10 and epochs_since_min >= 2 and last["train_loss"] < best["train_loss"]) or gap_acc > 0.05:
         verdict, reason = "overfitting", "validation loss rose after its minimum while training loss fell, " \
             "or train accuracy exceeds validation accuracy by more than 5 points"
     elif best["train_acc"] < 0.8 or falling:
