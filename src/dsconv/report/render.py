@@ -40,6 +40,15 @@ def build_report(runs: list[Run], groups: list[Group], out_dir: Path) -> dict[st
     return payload
 
 
+def _diagnosis(run: Run) -> dict[str, Any]:
+    """Re-derived from the learning curves, so every run in a report is judged by the same rule."""
+    if run.metrics is None:
+        return {}
+    if run.history:
+        return fit_diagnosis(run.history, int(run.metrics.get("best_epoch", 0)))
+    return run.metrics.get("fit_diagnosis", {})
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:80] or "pair"
 
@@ -60,7 +69,7 @@ def _payload(runs, groups, pairs, figures) -> dict[str, Any]:
         } for p in pairs],
         "diagnosis_rule": DIAGNOSIS_RULE,
         "runs": [{"path": str(r.path), "status": r.status, "seed": r.seed,
-                  "diagnosis": (r.metrics or {}).get("fit_diagnosis", {}).get("verdict"),
+                  "diagnosis": _diagnosis(r).get("verdict"),
                   "error": (r.failure or {}).get("error")} for r in runs],
         "figures": figures,
     }
@@ -112,7 +121,7 @@ def _markdown(runs: list[Run], groups: list[Group], pairs: list[PairComparison],
               "|---|---|---|---|---|---|"]
     for group in groups:
         for run in group.ok_runs:
-            d = run.metrics.get("fit_diagnosis", {})
+            d = _diagnosis(run)
             lines.append(f"| `{run.path.name}` | {group.label} | {run.seed} | {d.get('verdict', '—')} | "
                          f"{d.get('train_val_acc_gap_at_best', float('nan')):+.4f} | "
                          f"{d.get('val_loss_rise_after_min', float('nan')):+.2%} |")
