@@ -29,7 +29,8 @@ from support import TINY_RUN, cli_env, compose_config
 RUN = [*TINY_RUN, "trainer.epochs=3", "tensorboard=false", "trainer.deterministic=true",
        "trainer.checkpoint_every_steps=2"]
 TIME_KEYS = {"train_time_s", "mean_epoch_time_s", "train_images_per_s", "test_eval_time_s", "run_dir",
-             "epoch_time_s", "images_per_s"}
+             "epoch_time_s", "images_per_s", "latency_ms_b1", "latency_ms_b1_p90", "throughput_img_s",
+             "inference_profile"}
 
 FAULT_RUNNER = """
 import os, signal, sys

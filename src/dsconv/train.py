@@ -2,13 +2,17 @@
 
 The pure function does everything (validation, data, model, training, test evaluation, outputs);
 ``main`` adds only Hydra's run directory and turns user errors into a one-line message.
+
+Data-parallel runs (``dsconv.distributed``): under torchrun only rank 0 runs Hydra and hands each job
+(resolved config, run dir) to the other ranks, so a job has exactly one run dir; in a submitit job with
+several tasks every task runs the job Hydra's launcher gave it, in the same job dir. Either way ``train``
+runs on every rank and only rank 0 writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
-import random
 import secrets
 import sys
 import tempfile
@@ -21,7 +25,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dsconv.config import config_hash, flat_hparams, flat_training_config, resolve_device, validate_config
+from dsconv import distributed
+from dsconv.config import config_hash, flat_hparams, resolve_device, validate_config
 from dsconv.data import load_dataset
 from dsconv.errors import ConfigError, DsconvError
 from dsconv.evaluation.complexity import count_params, macs_by_module, model_summary
@@ -33,25 +38,13 @@ from dsconv.training.callbacks import bad_output_dir_message, clear_failure, one
 from dsconv.training.checkpoint import CheckpointError, load_checkpoint
 from dsconv.training.faults import NonFiniteLossError, TrainingInterrupted
 from dsconv.training.resume import adopt_best, check_compatible, find_resume_point, resume_command
-from dsconv.training.setup import build_components
+from dsconv.training.setup import build_components, inference_profile, run_training_config, seed_everything
 from dsconv.training.trainer import EarlyStopping, Trainer
 
 log = logging.getLogger("dsconv")
 
 # Run directories get a random suffix so jobs started in the same second never share one.
 OmegaConf.register_new_resolver("dsconv_uid", lambda: secrets.token_hex(3), use_cache=True, replace=True)
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=False)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.use_deterministic_algorithms(False)
 
 
 def train(cfg: DictConfig, run_dir: str | Path, *, resume_hint: str | None = None) -> dict[str, Any]:
@@ -64,31 +57,38 @@ def train(cfg: DictConfig, run_dir: str | Path, *, resume_hint: str | None = Non
     run_dir = Path(run_dir)
     validate_config(cfg)
     tcfg = cfg.trainer
-    device = resolve_device(str(tcfg.device))
+    ctx = distributed.setup(tcfg)  # None in a single process
+    device = ctx.device if ctx is not None else resolve_device(str(tcfg.device))
+    rank, world_size = (ctx.rank, ctx.world_size) if ctx is not None else (0, 1)
+    is_main = rank == 0
     if tcfg.get("num_threads"):
         torch.set_num_threads(int(tcfg.num_threads))
     seed_everything(int(tcfg.seed), bool(tcfg.deterministic))
 
-    data = load_dataset(cfg.dataset, cfg.paths.data_dir)
+    with ctx.main_first() if ctx is not None else contextlib.nullcontext():  # one rank downloads
+        data = load_dataset(cfg.dataset, cfg.paths.data_dir)
     model = build_model(cfg.model, data.input_shape, data.num_classes, act_layer_from_config(cfg.activation))
-    resume = find_resume_point(tcfg.get("resume"), run_dir, map_location=device)
+    if ctx is not None:
+        model = distributed.prepare_model(model, tcfg, ctx)
+    training_config = run_training_config(cfg, world_size)
+    resume = find_resume_point(tcfg.get("resume"), run_dir, map_location=device, tidy=is_main)
     if resume is not None:
-        check_compatible(resume, cfg)
-    ensure_writable(run_dir)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        check_compatible(resume, cfg, training_config)
+    if is_main:
+        ensure_writable(run_dir)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        params = count_params(model)
+        macs, _, flop_table = macs_by_module(model, data.input_shape)
+        summary = model_summary(model, data.input_shape)
+        (run_dir / "model_summary.txt").write_text(summary + "\n\n" + flop_table + "\n")
+        log.info("model %s (conv=%s) on %s %s\n%s", cfg.model.name, describe_conv(cfg.model.get("conv", "-")),
+                 data.name, "x".join(map(str, data.input_shape)), summary)
 
-    params = count_params(model)
-    macs, _, flop_table = macs_by_module(model, data.input_shape)
-    summary = model_summary(model, data.input_shape)
-    (run_dir / "model_summary.txt").write_text(summary + "\n\n" + flop_table + "\n")
-    log.info("model %s (conv=%s) on %s %s\n%s", cfg.model.name, describe_conv(cfg.model.get("conv", "-")),
-             data.name, "x".join(map(str, data.input_shape)), summary)
-
-    parts = build_components(cfg, data, model, device)
+    parts = build_components(cfg, data, model, device, rank=rank, world_size=world_size)
     train_batches, val_batches, test_batches = parts.train_batches, parts.val_batches, parts.test_batches
     optimizer, schedule, data_gen, speed = parts.optimizer, parts.schedule, parts.data_generator, parts.speed
     writer = None
-    if cfg.get("tensorboard", True):
+    if cfg.get("tensorboard", True) and is_main:
         from torch.utils.tensorboard import SummaryWriter
 
         # On resume, events past the checkpoint's epoch are hidden so curves do not fold back.
@@ -120,20 +120,22 @@ def train(cfg: DictConfig, run_dir: str | Path, *, resume_hint: str | None = Non
         grad_clip=tcfg.get("grad_clip"), early_stopping=stopper, run_dir=run_dir, data_generator=data_gen,
         compile_model=speed.compile, progress=bool(tcfg.get("progress_bar", True)),
         on_epoch_end=on_epoch_end,
-        extra_state={"config_hash": config_hash(cfg), "training_config": flat_training_config(cfg)},
+        extra_state={"config_hash": config_hash(cfg), "training_config": training_config},
         checkpoint_every_steps=tcfg.get("checkpoint_every_steps"), nan_policy=str(tcfg.get("nan_policy", "stop")),
         max_skipped_steps=int(tcfg.get("max_skipped_steps", 0)),
-        resume_hint=resume_hint or f"hydra.run.dir={run_dir} trainer.resume=auto",
+        resume_hint=resume_hint or f"hydra.run.dir={run_dir} trainer.resume=auto", dist=ctx,
     )
     if resume is not None:
         trainer.load_state_dict(resume.state)
         trainer.last_checkpoint, trainer.last_checkpoint_step = resume.path, resume.step
-        adopt_best(resume, run_dir)
+        if is_main:
+            adopt_best(resume, run_dir)
         log.info("resuming from %s", resume.describe())
     try:
         history = trainer.fit(train_batches, val_batches)
     except NonFiniteLossError:
-        _keep_curves(run_dir, trainer.state.history, cfg)
+        if is_main:
+            _keep_curves(run_dir, trainer.state.history, cfg)
         raise
     train_time = trainer.state.train_time_s
     own_last = run_dir / "checkpoints" / "last.pt"
@@ -156,10 +158,12 @@ def train(cfg: DictConfig, run_dir: str | Path, *, resume_hint: str | None = Non
                               f"best epoch {best_epoch}: copy the original run's best.pt there")
     model.load_state_dict(best["model"])
     test_start = time.perf_counter()
-    test = trainer.evaluate(test_batches)
+    test = trainer.evaluate(test_batches)  # under DDP: sharded, gathered on every rank
     test_time = time.perf_counter() - test_start
+    if not is_main:
+        return {"rank": rank, "test_accuracy": test.accuracy, "test_loss": test.loss, "best_epoch": best_epoch}
     cls = classification_metrics(test.logits, test.labels, data.classes)
-    inference = _inference_profile(cfg, model, data.input_shape, speed)
+    inference = inference_profile(cfg, model, data.input_shape, speed)
     diagnosis = fit_diagnosis(history, best_epoch)
     best_row = next(r for r in history if int(r["epoch"]) == best_epoch)
 
@@ -193,6 +197,8 @@ def train(cfg: DictConfig, run_dir: str | Path, *, resume_hint: str | None = Non
         "inference_profile": inference,
         "fit_diagnosis": diagnosis,
         "device": str(device),
+        "world_size": world_size,
+        "global_batch_size": train_batches.batch_size * world_size,
         "precision": speed.precision,
         "channels_last": speed.channels_last,
         "torch_version": torch.__version__,
@@ -217,20 +223,6 @@ def train(cfg: DictConfig, run_dir: str | Path, *, resume_hint: str | None = Non
     return metrics
 
 
-def _inference_profile(cfg: DictConfig, model, input_shape, speed) -> dict[str, Any]:
-    """Batch-1 latency and batched throughput in the run's precision and memory format (~1-2 s)."""
-    if not cfg.get("profile_inference", True):
-        return {}
-    from dsconv.benchmark.measure import quick_inference_profile
-
-    try:
-        return quick_inference_profile(model, input_shape, dtype=speed.precision,
-                                       channels_last=speed.channels_last, batch_size=64)
-    except Exception as exc:  # a profiling hiccup must not cost the run its results
-        log.warning("inference profile skipped: %s", exc)
-        return {}
-
-
 def ensure_writable(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -253,8 +245,18 @@ def _keep_curves(run_dir: Path, history: list[dict[str, float]], cfg: DictConfig
         log.warning("could not draw curves.png: %s", exc)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def main() -> None:
+    """``dsconv-train`` and ``scripts/train.py``. Under torchrun, rank 0 runs Hydra (one run dir per
+    job) and hands every job to the other ranks, which wait for it."""
+    env = distributed.launch_env()
+    if env is None:
+        _hydra_main()
+    else:
+        distributed.run_torchrun(env, _hydra_main, lambda cfg, job, ctx: _run_job(
+            cfg, Path(job.run_dir), job.overrides, job.multirun, job.job_num, ctx))
+
+
+def _task(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -262,32 +264,64 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     overrides = [str(o) for o in hydra_cfg.overrides.task]
-    if multirun:
+    job_num = int(hydra_cfg.job.num) if multirun else 0
+    ctx = distributed.current()
+    if ctx is None and distributed.launch_env() is not None:
+        print("error: under torchrun, sweeps run with Hydra's basic launcher: drop hydra/launcher=...", file=sys.stderr)
+        sys.exit(2)
+    if ctx is None and (env := distributed.submitit_env()) is not None:
+        ctx = distributed.init(env)  # a submitit job with several tasks: every task runs this job
+    if ctx is not None and ctx.leads_followers:
+        job = distributed.Job(OmegaConf.to_container(cfg, resolve=True), str(run_dir), overrides, multirun, job_num)
+        distributed.send_job(ctx, job)
+        ctx.followers_idle = False
+    result = _run_job(cfg, run_dir, overrides, multirun, job_num, ctx)
+    if ctx is not None:
+        ctx.followers_idle = True  # this job ended on every rank without ending the process
+    return result
+
+
+_hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(_task)
+
+
+def _run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool, job_num: int,
+             ctx: distributed.DistContext | None) -> float | None:
+    is_main = ctx is None or ctx.is_main
+    launch = ctx.env if ctx is not None else None
+    hint = resume_command(sys.argv[0], overrides, run_dir, launch)
+    if multirun and is_main:
         clear_failure(run_dir)
     try:
-        metrics = train(cfg, run_dir, resume_hint=resume_command(sys.argv[0], overrides, run_dir))
+        metrics = train(cfg, run_dir, resume_hint=hint)
     except TrainingInterrupted as exc:
         # Preemption ends the whole sweep too: the scheduler is taking the machine away.
-        print(f"error: {exc}", file=sys.stderr)
+        if is_main:
+            print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        print(f"error: stopped by a second Ctrl-C; the newest checkpoint in {run_dir / 'checkpoints'} is intact: "
-              f"resume with {resume_command(sys.argv[0], overrides, run_dir)}", file=sys.stderr)
+        if is_main:
+            print(f"error: stopped by a second Ctrl-C; the newest checkpoint in {run_dir / 'checkpoints'} is "
+                  f"intact: resume with {hint}", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:
         user_error = isinstance(exc, DsconvError)
+        debug = bool(cfg.get("debug", False))
+        if not is_main:
+            return distributed.follower_failure(exc, multirun, debug, ctx)
         if not multirun:
-            if not user_error or cfg.get("debug", False):
+            if not user_error or debug:
                 raise
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(getattr(exc, "exit_code", 2))
         # In a sweep the other jobs go on; the failure is recorded for the summary and dsconv-report.
         path = write_failure(run_dir, exc, overrides, cfg)
-        if user_error and not cfg.get("debug", False):
-            print(f"error: job {hydra_cfg.job.num} [{' '.join(overrides)}]: {one_line(exc)} ({path})", file=sys.stderr)
+        if user_error and not debug:
+            print(f"error: job {job_num} [{' '.join(overrides)}]: {one_line(exc)} ({path})", file=sys.stderr)
         else:
-            log.error("job %s [%s] failed (%s)", hydra_cfg.job.num, " ".join(overrides), path, exc_info=exc)
+            log.error("job %s [%s] failed (%s)", job_num, " ".join(overrides), path, exc_info=exc)
         return float("nan")  # Optuna records a NaN objective as a failed trial
+    if not is_main:
+        return None
     # Sweepers (Optuna) optimise this return value: a validation metric, never a test one.
     return float(metrics[str(cfg.get("objective", "best_val_acc"))])
 

@@ -3,7 +3,10 @@
 No DataLoader, no workers, no per-sample Python: an epoch is one ``randperm`` (from a seeded CPU
 generator, so the order is reproducible and resumable), each batch one gather, one float
 conversion and a couple of vectorised augmentations (airbench-style). ``rank``/``world_size``
-shard each epoch's permutation so data-parallel processes see disjoint, seed-synchronised batches.
+shard each epoch's permutation so data-parallel processes see disjoint, seed-synchronised batches:
+rank r takes every world_size-th index, so step k's batches of all ranks together are exactly step k's
+batch of a single process whose batch is world_size times larger. ``shard`` splits an evaluation
+split into contiguous pieces whose concatenation in rank order is the split itself.
 """
 
 from __future__ import annotations
@@ -41,26 +44,42 @@ class GpuAugment:
     def enabled(self) -> bool:
         return self.crop_padding > 0 or self.hflip
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, generator: torch.Generator, rank: int = 0,
+                 world_size: int = 1) -> torch.Tensor:
+        """Augment one rank's batch. Random numbers are drawn for the whole global batch (every rank
+        draws the same) and the rank keeps its stride of them, the stride ``DeviceBatches`` takes of
+        the images: each image is augmented exactly as in a single-process run with the global batch."""
         n = images.shape[0]
         if self.crop_padding:
-            images = self._random_crop(images, generator)
+            images = self._random_crop(images, generator, rank, world_size)
         if self.hflip:
-            flip = torch.rand(n, generator=generator).lt(0.5).to(images.device).view(n, 1, 1, 1)
+            flip = torch.rand(n * world_size, generator=generator)[rank::world_size]
+            flip = flip.lt(0.5).to(images.device).view(n, 1, 1, 1)
             images = torch.where(flip, images.flip(3), images)
         return images
 
-    def _random_crop(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def _random_crop(self, images: torch.Tensor, generator: torch.Generator, rank: int,
+                     world_size: int) -> torch.Tensor:
         pad = self.crop_padding
         n, c, h, w = images.shape
         padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
         # Per-image offsets, then two gathers (rows, columns) cut every crop at once.
-        dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(images.device)
-        dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(images.device)
+        total = n * world_size
+        dy = torch.randint(0, 2 * pad + 1, (total,), generator=generator)[rank::world_size].to(images.device)
+        dx = torch.randint(0, 2 * pad + 1, (total,), generator=generator)[rank::world_size].to(images.device)
         rows = (dy.view(n, 1) + torch.arange(h, device=images.device)).view(n, 1, h, 1)
         cols = (dx.view(n, 1) + torch.arange(w, device=images.device)).view(n, 1, 1, w)
         cropped = padded.gather(2, rows.expand(n, c, h, w + 2 * pad))
         return cropped.gather(3, cols.expand(n, c, h, w))
+
+
+def shard(split: Split, rank: int, world_size: int) -> Split:
+    """Rank ``rank``'s contiguous piece of ``split`` (sizes differ by at most one; none is dropped)."""
+    if world_size == 1:
+        return split
+    n = len(split)
+    start, stop = n * rank // world_size, n * (rank + 1) // world_size
+    return Split(split.images[start:stop], split.labels[start:stop])
 
 
 class DeviceBatches:
@@ -115,7 +134,7 @@ class DeviceBatches:
             idx = order[start : start + self.batch_size]
             images = self.split.images.index_select(0, idx)
             if self.augment is not None:
-                images = self.augment(images, self.generator)
+                images = self.augment(images, self.generator, self.rank, self.world_size)
             images = self.normalize(images)
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)

@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig
 
 from dsconv.config import config_hash, flat_training_config
+from dsconv.distributed import LaunchEnv
 from dsconv.errors import ConfigError
 from dsconv.training.checkpoint import CheckpointError, load_checkpoint, previous_path, remove_stale_temporaries
 
@@ -60,8 +61,10 @@ def load_training_checkpoint(path: Path, map_location: str | torch.device = "cpu
     return state
 
 
-def find_resume_point(spec: str | None, run_dir: Path, map_location: str | torch.device = "cpu") -> ResumePoint | None:
-    """Resolve ``trainer.resume``; ``None`` means start from scratch."""
+def find_resume_point(spec: str | None, run_dir: Path, map_location: str | torch.device = "cpu", *,
+                      tidy: bool = True) -> ResumePoint | None:
+    """Resolve ``trainer.resume``; ``None`` means start from scratch. ``tidy=False`` (data-parallel ranks
+    other than 0) leaves half-written temporaries for rank 0 to remove."""
     run_dir = Path(run_dir)
     own = checkpoint_dir(run_dir)
     if spec is None or str(spec).strip().lower() in ("", "null", "none"):
@@ -75,7 +78,8 @@ def find_resume_point(spec: str | None, run_dir: Path, map_location: str | torch
             log.warning("trainer.resume=auto: no checkpoint in %s, starting from scratch (to continue an earlier "
                         "run, launch with hydra.run.dir=<its run dir> trainer.resume=auto)", own)
             return None
-        remove_stale_temporaries(own)
+        if tidy:
+            remove_stale_temporaries(own)
         return _newest_good(own, map_location)
     path = Path(str(spec)).expanduser()
     if path.is_dir():
@@ -109,10 +113,11 @@ def _newest_good(directory: Path, map_location: str | torch.device) -> ResumePoi
     return best
 
 
-def check_compatible(point: ResumePoint, cfg: DictConfig) -> None:
-    """Refuse a checkpoint trained with different training-relevant settings, naming the keys."""
+def check_compatible(point: ResumePoint, cfg: DictConfig, current: dict[str, Any] | None = None) -> None:
+    """Refuse a checkpoint trained with different training-relevant settings, naming the keys.
+    ``current``: this run's flat training config, if it has more than ``flat_training_config``."""
     saved = point.state.get("training_config")
-    current = flat_training_config(cfg)
+    current = flat_training_config(cfg) if current is None else current
     if isinstance(saved, dict):
         missing = object()
         keys = sorted(k for k in set(saved) | set(current) if saved.get(k, missing) != current.get(k, missing))
@@ -141,12 +146,19 @@ def adopt_best(point: ResumePoint, run_dir: Path) -> None:
     shutil.copyfile(source, target)
 
 
-def resume_command(argv0: str, overrides: list[str], run_dir: Path) -> str:
-    """The command that continues ``run_dir`` in place: the same overrides, Hydra pointed at it."""
+def resume_command(argv0: str, overrides: list[str], run_dir: Path, launch: LaunchEnv | None = None) -> str:
+    """The command that continues ``run_dir`` in place: the same overrides, Hydra pointed at it, and
+    the same torchrun shape for a data-parallel run."""
     import shlex
 
     name = Path(argv0).name
     # In launcher workers (joblib) argv[0] is the worker's own script: fall back to the entry point.
     program = f"python {argv0}" if name == "train.py" else name if name.startswith("dsconv-train") else "dsconv-train"
+    if launch is not None and launch.launcher == "torchrun":
+        shape = f"--standalone --nproc_per_node={launch.local_world_size}"
+        if launch.nodes > 1:  # the rendezvous endpoint is the user's to give
+            shape = (f"--nnodes={launch.nodes} --nproc_per_node={launch.local_world_size} --rdzv-backend=c10d "
+                     "--rdzv-endpoint=HOST:PORT")
+        program = f"torchrun {shape} " + (argv0 if program.startswith("python ") else f"--no-python {program}")
     kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("hydra.run.dir", "trainer.resume")]
     return shlex.join([*program.split(), *kept, f"hydra.run.dir={run_dir}", "trainer.resume=auto"])

@@ -5,14 +5,20 @@ optimizer and schedule. ``train()``, the speed-run benchmark and data-parallel r
 from __future__ import annotations
 
 import logging
+import os
+import random
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 from omegaconf import DictConfig
 
+from dsconv.config import flat_training_config
 from dsconv.data import DatasetSplits, DeviceBatches, GpuAugment, Normalize
+from dsconv.data.loader import shard
+from dsconv.distributed import per_rank_batch_size
 from dsconv.errors import ConfigError
 from dsconv.training.optim import Schedule, build_optimizer, build_scheduler
 
@@ -20,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 # Whether trainer.fast uses channels_last on the CPU; decided by scripts/bench_train.py (README).
-CPU_FAST_CHANNELS_LAST = True
+CPU_FAST_CHANNELS_LAST = False
 
 
 @dataclass(frozen=True)
@@ -73,20 +79,62 @@ class RunComponents:
     speed: SpeedSettings
 
 
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and torch (every device); optionally force deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.use_deterministic_algorithms(False)
+
+
+def inference_profile(cfg: DictConfig, model: nn.Module, input_shape: tuple[int, ...],
+                      speed: SpeedSettings) -> dict[str, Any]:
+    """Batch-1 latency and batched throughput in the run's precision and memory format (~1-2 s)."""
+    if not cfg.get("profile_inference", True):
+        return {}
+    from dsconv.benchmark.measure import quick_inference_profile
+
+    try:
+        return quick_inference_profile(model, input_shape, dtype=speed.precision,
+                                       channels_last=speed.channels_last, batch_size=64)
+    except Exception as exc:  # a profiling hiccup must not cost the run its results
+        log.warning("inference profile skipped: %s", exc)
+        return {}
+
+
+def run_training_config(cfg: DictConfig, world_size: int) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed; the global batch only when it is not batch_size
+    (per_rank semantics over several processes), so single-process checkpoints stay compatible."""
+    config = flat_training_config(cfg)
+    global_batch = per_rank_batch_size(cfg.trainer, world_size) * world_size
+    if global_batch != int(cfg.trainer.batch_size):
+        config["trainer.global_batch_size"] = global_batch
+    return config
+
+
 def build_components(cfg: DictConfig, data: DatasetSplits, model: nn.Module, device: torch.device,
                      *, rank: int = 0, world_size: int = 1) -> RunComponents:
     """Move data and model to ``device`` and build batches, optimizer and LR schedule.
 
-    ``rank``/``world_size`` shard the training batches for data-parallel runs; each rank then
-    takes ``trainer.batch_size`` images per step.
+    ``rank``/``world_size`` shard the data for data-parallel runs: training batches by stride (each
+    rank takes ``per_rank_batch_size`` images per step, see ``trainer.distributed``), validation and
+    test splits into contiguous pieces whose evaluation outputs ``Trainer.evaluate`` gathers.
     """
     tcfg = cfg.trainer
     speed = resolve_speed_settings(tcfg, device)
     if speed.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
-    if int(tcfg.batch_size) > len(data.train) // world_size:
-        raise ConfigError(f"trainer.batch_size={tcfg.batch_size} exceeds the {len(data.train) // world_size} "
-                          "training images per process: lower it")
+    batch_size = per_rank_batch_size(tcfg, world_size)
+    if batch_size > len(data.train) // world_size:
+        raise ConfigError(f"trainer.batch_size={tcfg.batch_size} needs {batch_size} images per process and step, "
+                          f"more than the {len(data.train) // world_size} training images per process: lower it")
+    if min(len(data.val), len(data.test)) < world_size:
+        raise ConfigError(f"the validation or test split is smaller than the {world_size} processes")
     memory_format = torch.channels_last if speed.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
     train_split, val_split, test_split = (s.to(device) for s in (data.train, data.val, data.test))
@@ -100,12 +148,14 @@ def build_components(cfg: DictConfig, data: DatasetSplits, model: nn.Module, dev
     normalize = Normalize(mean[:channels], std[:channels], device)
     data_gen = torch.Generator().manual_seed(int(tcfg.seed))
     augment = GpuAugment(int(cfg.dataset.augment.crop_padding), bool(cfg.dataset.augment.hflip))
-    train_batches = DeviceBatches(train_split, int(tcfg.batch_size), normalize, shuffle=True, drop_last=True,
+    train_batches = DeviceBatches(train_split, batch_size, normalize, shuffle=True, drop_last=True,
                                   augment=augment, generator=data_gen, channels_last=speed.channels_last,
                                   rank=rank, world_size=world_size)
     eval_bs = int(tcfg.get("eval_batch_size", 1024))
-    val_batches = DeviceBatches(val_split, eval_bs, normalize, channels_last=speed.channels_last)
-    test_batches = DeviceBatches(test_split, eval_bs, normalize, channels_last=speed.channels_last)
+    val_batches = DeviceBatches(shard(val_split, rank, world_size), eval_bs, normalize,
+                                channels_last=speed.channels_last)
+    test_batches = DeviceBatches(shard(test_split, rank, world_size), eval_bs, normalize,
+                                 channels_last=speed.channels_last)
     optimizer = build_optimizer(model.parameters(), cfg.optimizer, fused=speed.fused_optimizer)
     schedule = build_scheduler(optimizer, cfg.scheduler, int(tcfg.epochs), len(train_batches))
     return RunComponents(model, train_batches, val_batches, test_batches, data_gen, optimizer, schedule, speed)

@@ -17,6 +17,12 @@ tensor (no per-step host sync) and checks it at the epoch end and before every c
 checkpoint never holds weights trained on a NaN; training stops naming the epoch, step and last good
 checkpoint. ``nan_policy="skip"`` must decide before ``optimizer.step`` whether to apply a step, so
 it reads ``isfinite(loss)`` every step (one host sync per step, the price of skipping).
+
+Data-parallel (``dist``): the model trains inside DistributedDataParallel, every decision that ends or
+skips a step (a signal, a non-finite loss) is agreed on by all ranks so none is left waiting in a
+collective, epoch statistics are summed over ranks, evaluation outputs are gathered in split order,
+and only rank 0 writes. A checkpoint holds every rank's RNG and in-epoch sums (``ranks``), so a resume
+with the same world size continues each rank exactly.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import contextlib
 import itertools
 import logging
 import math
+import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
@@ -36,6 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from dsconv.distributed import DistContext, own_rank_state
 from dsconv.training.checkpoint import atomic_save, rng_state
 from dsconv.training.faults import GracefulStop, NonFiniteLossError, TrainingInterrupted
 from dsconv.training.optim import Schedule
@@ -83,6 +91,7 @@ class Trainer:
         max_skipped_steps: int = 0,
         handle_signals: bool = True,
         resume_hint: str | None = None,
+        dist: DistContext | None = None,
     ) -> None:
         if nan_policy not in NAN_POLICIES:
             raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
@@ -96,8 +105,13 @@ class Trainer:
         self.early_stopping = early_stopping or EarlyStopping()
         self.run_dir = Path(run_dir)
         self.data_generator = data_generator
-        self.forward = torch.compile(model) if compile_model else model
-        self.progress = progress
+        self.dist = dist
+        self.is_main = dist is None or dist.is_main
+        self._train_module = dist.wrap(model) if dist is not None else model
+        self.forward = torch.compile(self._train_module) if compile_model else self._train_module
+        # DDP's forward joins collectives (buffer broadcast); evaluation shards may differ in batch count.
+        self._eval_forward = self.forward if dist is None else torch.compile(model) if compile_model else model
+        self.progress = progress and self.is_main
         self.on_epoch_end = on_epoch_end
         self.extra_state = extra_state or {}
         self.checkpoint_every_steps = checkpoint_every_steps or 0
@@ -121,7 +135,7 @@ class Trainer:
 
     # ----------------------------------------------------------------- one epoch
     def train_epoch(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], epoch: int) -> dict[str, float]:
-        self.model.train()
+        self._train_module.train()
         progress = self._begin_epoch(epoch)
         iterator = iter(batches)
         # Replay, without training, the batches a mid-epoch checkpoint had already consumed.
@@ -136,7 +150,7 @@ class Trainer:
             progress.batches_done += 1
             progress.elapsed_s = time.perf_counter() - start
             every = self.checkpoint_every_steps
-            interrupted = self._stop is not None and self._stop.requested
+            interrupted = self._stop_requested()
             if interrupted or (every and self.state.step % every == 0 and progress.batches_done != total):
                 path = self._save_mid_epoch()
                 if interrupted:
@@ -145,12 +159,14 @@ class Trainer:
             torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - start
         self._raise_if_nonfinite(progress)
-        seen = progress.seen
+        loss_sum, correct, seen = progress.loss_sum.item(), progress.correct.item(), progress.seen
+        if self.dist is not None:
+            loss_sum, correct, seen = self.dist.sum([loss_sum, correct, seen])
         self._epoch = None
         return {
             "lr": progress.lr,
-            "train_loss": progress.loss_sum.item() / max(seen, 1),
-            "train_acc": progress.correct.item() / max(seen, 1),
+            "train_loss": loss_sum / max(seen, 1),
+            "train_acc": correct / max(seen, 1),
             "epoch_time_s": elapsed,
             "images_per_s": seen / elapsed if elapsed > 0 else math.nan,
         }
@@ -174,9 +190,11 @@ class Trainer:
         with autocast_context(self.device, self.precision):
             logits = self.forward(images)
             loss = F.cross_entropy(logits.float(), labels)
-        if self.nan_policy == "skip" and not bool(torch.isfinite(loss.detach())):
-            self._skip_step(float(loss.detach()), progress)
-            return
+        if self.nan_policy == "skip":
+            finite = bool(torch.isfinite(loss.detach()))
+            if not (finite if self.dist is None else not self.dist.any(not finite)):  # DDP: all ranks skip
+                self._skip_step(float(loss.detach()), progress)
+                return
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.grad_clip:
@@ -209,10 +227,19 @@ class Trainer:
 
     def _raise_if_nonfinite(self, progress: EpochProgress) -> None:
         bad_step = int(progress.first_bad_step)  # the one host sync this policy costs per check
+        if self.dist is not None:  # every rank stops, naming the first bad step of any
+            none = 2**62
+            bad_step = self.dist.min(bad_step if bad_step >= 0 else none)
+            bad_step = -1 if bad_step == none else bad_step
         if bad_step >= 0:
             raise NonFiniteLossError(
                 f"training loss became NaN/Inf at epoch {progress.epoch}, step {bad_step}; training stopped, "
                 f"{self._last_good()}. Lower optimizer.lr, set trainer.grad_clip, or use trainer.nan_policy=skip")
+
+    def _stop_requested(self) -> bool:
+        local = self._stop is not None and self._stop.requested
+        # A signal reaches the ranks between different steps: all stop at the first step any saw it.
+        return local if self.dist is None else self.dist.any(local)
 
     def _last_good(self) -> str:
         if self.last_checkpoint is None:
@@ -225,9 +252,11 @@ class Trainer:
         all_logits, all_labels = [], []
         for images, labels in batches:
             with autocast_context(self.device, self.precision):
-                all_logits.append(self.forward(images).float())
+                all_logits.append(self._eval_forward(images).float())
             all_labels.append(labels)
         logits, labels = torch.cat(all_logits), torch.cat(all_labels)
+        if self.dist is not None:  # every rank gets the whole split's outputs, in split order
+            logits, labels = self.dist.gather_rows(logits), self.dist.gather_rows(labels)
         loss = F.cross_entropy(logits, labels).item()
         accuracy = (logits.argmax(1) == labels).float().mean().item()
         return EvalResult(loss, accuracy, logits, labels)
@@ -235,9 +264,10 @@ class Trainer:
     # ----------------------------------------------------------------- the loop
     def fit(self, train_batches, val_batches) -> list[dict[str, float]]:
         log_path = self.run_dir / "training_log.csv"
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        # The log mirrors the history being continued: rows written after that checkpoint go.
-        rewrite_csv(log_path, self.state.history)
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            # The log mirrors the history being continued: rows written after that checkpoint go.
+            rewrite_csv(log_path, self.state.history)
         self._fit_started, base_time = time.perf_counter(), self.state.train_time_s
         with GracefulStop(self.handle_signals) as stop:
             self._stop = stop
@@ -251,6 +281,8 @@ class Trainer:
                 self._stop = None
                 self.state.train_time_s = base_time + time.perf_counter() - self._fit_started
                 self._fit_started = None
+        if self.dist is not None:
+            self.dist.barrier()  # rank 0's last checkpoints are on disk before any rank reads best.pt
         return self.state.history
 
     def _run_epoch(self, epoch: int, train_batches, val_batches, log_path: Path) -> bool:
@@ -266,7 +298,8 @@ class Trainer:
         self.state.epoch = epoch
         self.state.history.append(row)
         improved = self.early_stopping.update(row, epoch)
-        append_csv(log_path, row)
+        if self.is_main:
+            append_csv(log_path, row)
         log.info(
             "epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.3g | %.1fs %.0f img/s%s",
             epoch, self.epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
@@ -279,7 +312,7 @@ class Trainer:
         if improved:
             self.save(self.checkpoint_dir / "best.pt")
         self.save(self.checkpoint_dir / "last.pt")
-        if self._stop is not None and self._stop.requested:
+        if self._stop_requested():
             self._interrupt(self.checkpoint_dir / "last.pt")
         if self.early_stopping.should_stop:
             log.info("early stopping: %s has not improved for %d epochs (best %.4f at epoch %d)",
@@ -298,9 +331,15 @@ class Trainer:
         where = (f"epoch {self._epoch.epoch}, step {self.state.step}" if self._epoch is not None
                  else f"the end of epoch {self.state.epoch}")
         hint = self.resume_hint or f"trainer.resume={path}"
-        message = f"interrupted by {self._stop.name} at {where}: checkpoint written to {path}; resume with: {hint}"
-        log.warning(message)
-        raise TrainingInterrupted(message, int(self._stop.signum or 0))
+        signum = self._stop.signum or 0
+        if self.dist is not None:
+            self.dist.barrier()  # rank 0's checkpoint is complete before any rank exits
+            signum = signum or int(signal.SIGTERM)  # this rank stopped because another was signalled
+        name = signal.Signals(signum).name if signum else self._stop.name
+        message = f"interrupted by {name} at {where}: checkpoint written to {path}; resume with: {hint}"
+        if self.is_main:
+            log.warning(message)
+        raise TrainingInterrupted(message, int(signum))
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -309,7 +348,7 @@ class Trainer:
         train_time = self.state.train_time_s
         if self._fit_started is not None:
             train_time += time.perf_counter() - self._fit_started
-        return {
+        state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.schedule.state_dict(),
@@ -323,6 +362,9 @@ class Trainer:
             "in_epoch": progress.to_state() if progress is not None else None,
             **self.extra_state,
         }
+        if self.dist is not None:  # a collective: every rank calls save(), rank 0 writes
+            state["ranks"] = self.dist.all_gather_object({"rng": state["rng"], "in_epoch": state["in_epoch"]})
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         from dsconv.training.checkpoint import set_rng_state
@@ -335,16 +377,20 @@ class Trainer:
         trainer = state["trainer"]
         self.state = TrainerState(int(trainer["epoch"]), int(trainer["step"]), list(trainer["history"]),
                                   int(trainer.get("skipped_steps", 0)), float(trainer.get("train_time_s", 0.0)))
-        set_rng_state(state["rng"])
+        own = own_rank_state(state, self.dist)
+        if own["rng"] is not None:
+            set_rng_state(own["rng"])
         generator = state.get("data_generator")
         if self.data_generator is not None and generator is not None:
             self.data_generator.set_state(generator)
-        in_epoch = state.get("in_epoch")
+        in_epoch = own["in_epoch"]
         self._pending = EpochProgress.from_state(in_epoch, generator, self.device) if in_epoch else None
 
     def save(self, path: Path) -> Path:
         path = Path(path)
-        # last.pt keeps its predecessor so resume=auto survives a checkpoint that is later found corrupt.
-        atomic_save(self.state_dict(), path, keep_previous=path.name == "last.pt")
+        state = self.state_dict()
+        if self.is_main:
+            # last.pt keeps its predecessor so resume=auto survives a checkpoint that is later found corrupt.
+            atomic_save(state, path, keep_previous=path.name == "last.pt")
         self.last_checkpoint, self.last_checkpoint_step = path, self.state.step
         return path
