@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= outputs/demo/$(shell date +%Y-%m-%d_%H-%M-%S)
-DEMO_EPOCHS ?= 6
+DEMO_EPOCHS ?= 5
 
 .PHONY: install demo test lint bench bench-train bench-scratch clean
 
@@ -19,7 +19,7 @@ install: $(STAMP)
 
 demo: install
 	$(PY) scripts/train.py -m dataset=digits model=standard,depthwise,densenet4 \
-		trainer.epochs=$(DEMO_EPOCHS) hydra.sweep.dir=$(DEMO_DIR)
+		trainer.epochs=$(DEMO_EPOCHS) trainer.fast=true trainer.progress_bar=false hydra.sweep.dir=$(DEMO_DIR)
 	$(PY) scripts/report.py $(DEMO_DIR)
 
 test: install
