@@ -19,7 +19,8 @@ install: $(STAMP)
 
 demo: install
 	$(PY) scripts/train.py -m dataset=digits model=standard,depthwise,densenet4 \
-		trainer.epochs=$(DEMO_EPOCHS) trainer.fast=true trainer.progress_bar=false hydra.sweep.dir=$(DEMO_DIR)
+		trainer.epochs=$(DEMO_EPOCHS) trainer.batch_size=32 trainer.fast=true trainer.progress_bar=false \
+		hydra.sweep.dir=$(DEMO_DIR)
 	$(PY) scripts/report.py $(DEMO_DIR)
 
 test: install
