@@ -8,6 +8,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import torch
 from hydra import compose, initialize_config_dir
 
 from dsconv.paths import CONF_DIR, REPO_ROOT
@@ -50,3 +51,15 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
     env.update(DSCONV_OUTPUT_DIR=str(tmp_path / "outputs"), DSCONV_DATA_DIR=str(tmp_path / "data"),
                OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     return env
+
+
+def iter_tensors(obj, prefix=""):
+    """Every tensor in a nested checkpoint structure, with a dotted path (for bit-identity checks)."""
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from iter_tensors(value, f"{prefix}.{key}")
+    elif isinstance(obj, list | tuple):
+        for i, value in enumerate(obj):
+            yield from iter_tensors(value, f"{prefix}[{i}]")

@@ -33,7 +33,7 @@ from dsconv.paths import REPO_ROOT
 from dsconv.train import train
 from dsconv.training.resume import resume_command
 from dsconv.training.setup import run_training_config
-from support import TINY_RUN, cli_env, compose_config
+from support import TINY_RUN, cli_env, compose_config, iter_tensors
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 TRAIN_SCRIPT = str(REPO_ROOT / "scripts" / "train.py")
@@ -128,15 +128,6 @@ def _fault_run(tmp_path: Path, run_dir: Path, kind: str, rank: int, at: int, ext
                      FAULT_RANK=str(rank), FAULT_AT=str(at))
 
 
-def _tensors(obj, prefix=""):
-    if isinstance(obj, torch.Tensor):
-        yield prefix, obj
-    elif isinstance(obj, dict):
-        for key, value in obj.items():
-            yield from _tensors(value, f"{prefix}.{key}")
-    elif isinstance(obj, list | tuple):
-        for i, value in enumerate(obj):
-            yield from _tensors(value, f"{prefix}[{i}]")
 
 
 @pytest.mark.slow
@@ -163,7 +154,7 @@ def test_kill_then_preempt_one_rank_then_resume_is_bit_identical(ddp_run, tmp_pa
     for name in ("last.pt", "best.pt"):
         got, want = (torch.load(d / "checkpoints" / name, weights_only=True) for d in (run_dir, ddp_run))
         parts = ("model", "optimizer", "ranks", "data_generator")
-        got_t, want_t = (dict(_tensors({k: s[k] for k in parts})) for s in (got, want))
+        got_t, want_t = (dict(iter_tensors({k: s[k] for k in parts})) for s in (got, want))
         assert got_t.keys() == want_t.keys() and len(want_t) > 20
         for key, tensor in want_t.items():
             assert torch.equal(got_t[key], tensor), f"{name}{key} differs"

@@ -24,7 +24,7 @@ from dsconv.errors import ConfigError
 from dsconv.train import train
 from dsconv.training.checkpoint import CheckpointError, load_checkpoint
 from dsconv.training.resume import find_resume_point
-from support import TINY_RUN, cli_env, compose_config
+from support import TINY_RUN, cli_env, compose_config, iter_tensors
 
 RUN = [*TINY_RUN, "trainer.epochs=3", "tensorboard=false", "trainer.deterministic=true",
        "trainer.checkpoint_every_steps=2"]
@@ -94,15 +94,6 @@ def baseline(tmp_path_factory) -> Path:
     return run_dir
 
 
-def _tensors(obj, prefix=""):
-    if isinstance(obj, torch.Tensor):
-        yield prefix, obj
-    elif isinstance(obj, dict):
-        for key, value in obj.items():
-            yield from _tensors(value, f"{prefix}.{key}")
-    elif isinstance(obj, list | tuple):
-        for i, value in enumerate(obj):
-            yield from _tensors(value, f"{prefix}[{i}]")
 
 
 def assert_same_run(run_dir: Path, reference: Path) -> None:
@@ -110,8 +101,8 @@ def assert_same_run(run_dir: Path, reference: Path) -> None:
         got = torch.load(run_dir / "checkpoints" / name, weights_only=True)
         want = torch.load(reference / "checkpoints" / name, weights_only=True)
         parts = ("model", "optimizer", "rng", "data_generator")
-        pairs = dict(_tensors({k: want[k] for k in parts}))
-        got_tensors = dict(_tensors({k: got[k] for k in parts}))
+        pairs = dict(iter_tensors({k: want[k] for k in parts}))
+        got_tensors = dict(iter_tensors({k: got[k] for k in parts}))
         assert got_tensors.keys() == pairs.keys() and len(pairs) > 20
         for key, tensor in pairs.items():
             assert torch.equal(got_tensors[key], tensor), f"{name}{key} differs"
