@@ -28,6 +28,7 @@ test: install
 
 lint: install
 	$(PY) -m ruff check src tests scripts
+	$(PY) -m ruff format --check src tests scripts
 
 bench: install
 	$(PY) scripts/bench.py

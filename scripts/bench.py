@@ -1,4 +1,4 @@
-"""Benchmark standard vs depthwise-separable convolutions (issue 5). See conf/bench.yaml; e.g.
+"""Benchmark standard vs depthwise-separable convolutions. See conf/bench.yaml; e.g.
 `python scripts/bench.py dtypes=[fp32] memory_formats=[nchw] compile=[false,true]`."""
 
 from dsconv.benchmark.cli import main

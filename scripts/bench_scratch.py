@@ -37,8 +37,16 @@ from dsconv.registry import build_model
 # --------------------------------------------------------------------------- torch.nn twins
 def _leaf_twin(m: nn.Module) -> nn.Module | None:
     if isinstance(m, S.Conv2d):
-        return nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
-                         m.groups, bias=m.bias is not None)
+        return nn.Conv2d(
+            m.in_channels,
+            m.out_channels,
+            m.kernel_size,
+            m.stride,
+            m.padding,
+            m.dilation,
+            m.groups,
+            bias=m.bias is not None,
+        )
     if isinstance(m, S.Linear):
         return nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
     if isinstance(m, S.MaxPool2d):
@@ -46,13 +54,21 @@ def _leaf_twin(m: nn.Module) -> nn.Module | None:
     if isinstance(m, S.LayerNorm):
         return nn.LayerNorm(m.normalized_shape, m.eps, m.elementwise_affine, bias=m.bias is not None)
     if isinstance(m, S.MultiHeadAttention):
-        return nn.MultiheadAttention(m.embed_dim, m.num_heads, m.dropout, bias=m.in_proj_bias is not None,
-                                     batch_first=m.batch_first)
+        return nn.MultiheadAttention(
+            m.embed_dim, m.num_heads, m.dropout, bias=m.in_proj_bias is not None, batch_first=m.batch_first
+        )
     if isinstance(m, S.TransformerEncoderLayer):
         return nn.TransformerEncoderLayer(
-            m.linear1.in_features, m.self_attn.num_heads, m.linear1.out_features, m.dropout.p,
-            "gelu" if isinstance(m.activation, S.GELU) else "relu", m.norm1.eps, m.self_attn.batch_first,
-            m.norm_first, bias=m.linear1.bias is not None)
+            m.linear1.in_features,
+            m.self_attn.num_heads,
+            m.linear1.out_features,
+            m.dropout.p,
+            "gelu" if isinstance(m.activation, S.GELU) else "relu",
+            m.norm1.eps,
+            m.self_attn.batch_first,
+            m.norm_first,
+            bias=m.linear1.bias is not None,
+        )
     if isinstance(m, S.TransformerEncoder):
         norm = _leaf_twin(m.norm) if m.norm is not None else None
         return nn.TransformerEncoder(_leaf_twin(m.layers[0]), m.num_layers, norm, enable_nested_tensor=False)
@@ -96,9 +112,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_ms(
-    fns: list[Callable[[], object]], device: torch.device, warmup: int, repeats: int
-) -> list[float]:
+def _median_ms(fns: list[Callable[[], object]], device: torch.device, warmup: int, repeats: int) -> list[float]:
     """Median ms of each function. The functions take turns within every repeat, so load from other
     processes on a shared machine lands on the nn and the scratch twin alike instead of on one."""
     for _ in range(warmup):
@@ -135,8 +149,7 @@ def _peak_bytes(step: Callable[[], object], device: torch.device) -> int:
         event = stack.pop()
         stack.extend(event.children)
         if event.tag == _EventType.Allocation and event.extra_fields.device.type == "cpu":
-            allocations.append((event.start_time_ns, event.extra_fields.alloc_size,
-                                event.extra_fields.total_allocated))
+            allocations.append((event.start_time_ns, event.extra_fields.alloc_size, event.extra_fields.total_allocated))
     if not allocations:
         return 0
     allocations.sort()
@@ -173,10 +186,20 @@ def run_case(case: Case, device: torch.device, warmup: int, repeats: int) -> lis
     n_fwd, s_fwd = _median_ms([n_f, s_f], device, warmup, repeats)
     n_fb, s_fb = _median_ms([n_fb_step, s_fb_step], device, warmup, repeats)
     n_mem, s_mem = _peak_bytes(n_fb_step, device), _peak_bytes(s_fb_step, device)
-    mib = 2 ** 20
-    return [case.name, case.shape, f"{n_fwd:.2f}", f"{s_fwd:.2f}", f"{s_fwd / n_fwd:.2f}x", f"{n_fb:.2f}",
-            f"{s_fb:.2f}", f"{s_fb / n_fb:.2f}x", f"{n_mem / mib:.1f}", f"{s_mem / mib:.1f}",
-            f"{s_mem / max(n_mem, 1):.2f}x"]
+    mib = 2**20
+    return [
+        case.name,
+        case.shape,
+        f"{n_fwd:.2f}",
+        f"{s_fwd:.2f}",
+        f"{s_fwd / n_fwd:.2f}x",
+        f"{n_fb:.2f}",
+        f"{s_fb:.2f}",
+        f"{s_fb / n_fb:.2f}x",
+        f"{n_mem / mib:.1f}",
+        f"{s_mem / mib:.1f}",
+        f"{s_mem / max(n_mem, 1):.2f}x",
+    ]
 
 
 # --------------------------------------------------------------------------- cases
@@ -212,16 +235,23 @@ def cases(batch: int, quick: bool) -> list[Case]:
         Case("MaxPool2d 2x2", f"{b}x16x28x28", lambda: S.MaxPool2d(2), _image(b, 16, 28)),
         Case("ReLU", f"{b}x16x28x28", S.ReLU, _image(b, 16, 28)),
         Case("Linear", f"{b}x576->128", lambda: S.Linear(576, 128), lambda: torch.randn(b, 576)),
-        Case("MultiHeadAttention", f"{b}x50x64 h4", lambda: S.MultiHeadAttention(64, 4, batch_first=True),
-             lambda: torch.randn(b, 50, 64), lambda m, x: m(x, x, x, need_weights=False)[0]),
-        Case("TransformerEncoderLayer", f"{b}x50x64 h4 ff128",
-             lambda: S.TransformerEncoderLayer(64, 4, 128, dropout=0.0, batch_first=True, norm_first=True),
-             lambda: torch.randn(b, 50, 64)),
+        Case(
+            "MultiHeadAttention",
+            f"{b}x50x64 h4",
+            lambda: S.MultiHeadAttention(64, 4, batch_first=True),
+            lambda: torch.randn(b, 50, 64),
+            lambda m, x: m(x, x, x, need_weights=False)[0],
+        ),
+        Case(
+            "TransformerEncoderLayer",
+            f"{b}x50x64 h4 ff128",
+            lambda: S.TransformerEncoderLayer(64, 4, 128, dropout=0.0, batch_first=True, norm_first=True),
+            lambda: torch.randn(b, 50, 64),
+        ),
     ]
     model_cases = [
         Case("model scratch_cnn", f"{b}x1x28x28", _no_dropout("scratch_cnn"), _image(b, 1, 28)),
-        Case("model scratch_transformer", f"{b}x1x28x28", _no_dropout("scratch_transformer"),
-             _image(b, 1, 28)),
+        Case("model scratch_transformer", f"{b}x1x28x28", _no_dropout("scratch_transformer"), _image(b, 1, 28)),
     ]
     if quick:
         return conv_cases[:3] + conv_cases[8:10] + other_cases[:3] + model_cases
@@ -240,28 +270,49 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     repeats = args.repeats or (5 if args.quick else 20)
     warmup = args.warmup or (2 if args.quick else 5)
     selected = [c for c in cases(args.batch, args.quick) if not args.only or args.only in c.name]
     threads = f"CPU, {torch.get_num_threads()} threads"
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else threads
-    print(f"# dsconv.scratch vs torch.nn on {where}; torch {torch.__version__}; fp32; median of {repeats} "
-          f"after {warmup} warm-up runs; ms per call; ratio = scratch / nn (lower is better)")
+    print(
+        f"# dsconv.scratch vs torch.nn on {where}; torch {torch.__version__}; fp32; median of {repeats} "
+        f"after {warmup} warm-up runs; ms per call; ratio = scratch / nn (lower is better)"
+    )
     print("# fwd: forward under no_grad; fwd+bwd: forward with autograd + backward of a fixed output grad")
-    how = ("torch.cuda.max_memory_allocated above baseline" if device.type == "cuda"
-           else "torch.profiler CPU-allocator events (oneDNN private scratchpads not counted)")
+    how = (
+        "torch.cuda.max_memory_allocated above baseline"
+        if device.type == "cuda"
+        else "torch.profiler CPU-allocator events (oneDNN private scratchpads not counted)"
+    )
     print(f"# peak MiB: one fwd+bwd, {how}; nn and scratch timings interleaved per repeat")
-    header = ["layer/model", "shape", "nn fwd", "scr fwd", "ratio", "nn f+b", "scr f+b", "ratio",
-              "nn MiB", "scr MiB", "ratio"]
+    header = [
+        "layer/model",
+        "shape",
+        "nn fwd",
+        "scr fwd",
+        "ratio",
+        "nn f+b",
+        "scr f+b",
+        "ratio",
+        "nn MiB",
+        "scr MiB",
+        "ratio",
+    ]
     rows = []
     for case in selected:
         rows.append(run_case(case, device, warmup, repeats))
         print("  ... " + " | ".join(rows[-1]), flush=True)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [" | ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-             for r in [header, *rows]]
+    lines = [
+        " | ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        for r in [header, *rows]
+    ]
     print()
     print("\n".join([lines[0], "-" * len(lines[0]), *lines[1:]]))
 

@@ -39,8 +39,8 @@ from dsconv.training.optim import Schedule
 from dsconv.training.trainer import Trainer
 
 MODEL_CONFIGS = {
-    "depthwise": {"name": "seed002_cnn", "conv": "separable"},
-    "standard": {"name": "seed002_cnn", "conv": "standard"},
+    "depthwise": {"name": "cifar_cnn", "conv": "separable"},
+    "standard": {"name": "cifar_cnn", "conv": "standard"},
     "densenet4": {"name": "densenet4", "conv": "separable"},
     "densenet4_standard": {"name": "densenet4", "conv": "standard"},
     "mnist_cnn": {"name": "mnist_cnn", "conv": "standard"},
@@ -49,9 +49,19 @@ MODEL_CONFIGS = {
 
 def make_cifar_like(root: Path, n_train: int, n_test: int, seed: int = 0) -> None:
     """Class templates plus noise, 32x32x3, stored as CIFAR-10 python batches."""
-    cfg = OmegaConf.create({"name": "synthetic", "channels": 3, "image_size": 32, "num_classes": 10,
-                            "num_train": n_train + n_test, "num_test": 10, "val_size": 1, "noise": 0.3,
-                            "data_seed": seed})
+    cfg = OmegaConf.create(
+        {
+            "name": "synthetic",
+            "channels": 3,
+            "image_size": 32,
+            "num_classes": 10,
+            "num_train": n_train + n_test,
+            "num_test": 10,
+            "val_size": 1,
+            "noise": 0.3,
+            "data_seed": seed,
+        }
+    )
     from dsconv.data.datasets import _synthetic
 
     split, _, _ = _synthetic(cfg, root)
@@ -62,21 +72,41 @@ def make_cifar_like(root: Path, n_train: int, n_test: int, seed: int = 0) -> Non
 def reference_loader(root: Path, batch_size: int, workers: int):
     import torchvision.transforms as T
 
-    transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
-                           T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+    transform = T.Compose(
+        [
+            T.RandomCrop(32, padding=4),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+        ]
+    )
     dataset = cifar10_class(verify_checksums=False)(root=str(root), train=True, download=False, transform=transform)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                                       drop_last=True, persistent_workers=workers > 0)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        persistent_workers=workers > 0,
+    )
 
 
 def project_batches(root: Path, batch_size: int, channels_last: bool, seed: int = 0) -> DeviceBatches:
-    cfg = OmegaConf.create({"name": "cifar10", "download": False, "verify_checksums": False, "val_size": 1,
-                            "split_seed": 0})
+    cfg = OmegaConf.create(
+        {"name": "cifar10", "download": False, "verify_checksums": False, "val_size": 1, "split_seed": 0}
+    )
     data = load_dataset(cfg, root)
     train = data.train  # already on the CPU "device"
-    return DeviceBatches(train, batch_size, Normalize((0.5,) * 3, (0.5,) * 3, "cpu"), shuffle=True, drop_last=True,
-                         augment=GpuAugment(4, True), generator=torch.Generator().manual_seed(seed),
-                         channels_last=channels_last)
+    return DeviceBatches(
+        train,
+        batch_size,
+        Normalize((0.5,) * 3, (0.5,) * 3, "cpu"),
+        shuffle=True,
+        drop_last=True,
+        augment=GpuAugment(4, True),
+        generator=torch.Generator().manual_seed(seed),
+        channels_last=channels_last,
+    )
 
 
 def time_pipeline(batches, limit: int) -> float:
@@ -119,9 +149,14 @@ def accuracy(model, batches) -> float:
 
 def run_model(name: str, root: Path, args) -> dict:
     results = {"model": name}
-    variants = [("reference fp32 NCHW + DataLoader", None), ("dsconv fp32 NCHW", ("fp32", False)),
-                (f"dsconv {args.precision} {'channels_last' if args.channels_last else 'NCHW'}",
-                 (args.precision, args.channels_last))]
+    variants = [
+        ("reference fp32 NCHW + DataLoader", None),
+        ("dsconv fp32 NCHW", ("fp32", False)),
+        (
+            f"dsconv {args.precision} {'channels_last' if args.channels_last else 'NCHW'}",
+            (args.precision, args.channels_last),
+        ),
+    ]
     eval_batches = project_batches(root, 512, False, seed=1)
     eval_batches.shuffle, eval_batches.augment = False, None
     for label, setting in variants:
@@ -139,14 +174,24 @@ def run_model(name: str, root: Path, args) -> dict:
             if channels_last:
                 model = model.to(memory_format=torch.channels_last)
             batches = project_batches(root, args.batch_size, channels_last)
-            trainer = Trainer(model, optimizer, Schedule(None, False), device=torch.device("cpu"),
-                              epochs=args.epochs, precision=precision, progress=False)
+            trainer = Trainer(
+                model,
+                optimizer,
+                Schedule(None, False),
+                device=torch.device("cpu"),
+                epochs=args.epochs,
+                precision=precision,
+                progress=False,
+            )
             for epoch in range(1, args.epochs + 1):
                 rates.append(trainer.train_epoch(batches, epoch)["images_per_s"])
         acc = accuracy(model.to(memory_format=torch.contiguous_format), eval_batches)
         results[label] = {"images_per_s": statistics.median(rates), "train_acc_after": acc}
-        print(f"  {name:18s} {label:38s} {statistics.median(rates):9.1f} img/s   acc after {args.epochs} "
-              f"epoch(s): {acc:.4f}", flush=True)
+        print(
+            f"  {name:18s} {label:38s} {statistics.median(rates):9.1f} img/s   acc after {args.epochs} "
+            f"epoch(s): {acc:.4f}",
+            flush=True,
+        )
     return results
 
 
@@ -160,8 +205,15 @@ def speedrun(data_dir: Path, target: float, repeats: int, overrides: list[str]) 
     times, reached = [], []
     for seed in range(repeats):
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose("config", overrides=["experiment=mnist_speedrun", f"paths.data_dir={data_dir}",
-                                               f"trainer.seed={seed}", *overrides])
+            cfg = compose(
+                "config",
+                overrides=[
+                    "experiment=mnist_speedrun",
+                    f"paths.data_dir={data_dir}",
+                    f"trainer.seed={seed}",
+                    *overrides,
+                ],
+            )
         device = resolve_device(str(cfg.trainer.device))
         torch.manual_seed(seed)
         load_start = time.perf_counter()
@@ -169,8 +221,16 @@ def speedrun(data_dir: Path, target: float, repeats: int, overrides: list[str]) 
         load_time = time.perf_counter() - load_start
         model = build_model(cfg.model, data.input_shape, data.num_classes, get_act_layer(cfg.activation.name))
         parts = build_components(cfg, data, model, device)
-        trainer = Trainer(model, parts.optimizer, parts.schedule, device=device, epochs=int(cfg.trainer.epochs),
-                          precision=parts.speed.precision, progress=False, handle_signals=False)
+        trainer = Trainer(
+            model,
+            parts.optimizer,
+            parts.schedule,
+            device=device,
+            epochs=int(cfg.trainer.epochs),
+            precision=parts.speed.precision,
+            progress=False,
+            handle_signals=False,
+        )
         start, hit = time.perf_counter(), None
         for epoch in range(1, int(cfg.trainer.epochs) + 1):
             trainer.train_epoch(parts.train_batches, epoch)
@@ -185,8 +245,10 @@ def speedrun(data_dir: Path, target: float, repeats: int, overrides: list[str]) 
         outcome = f"reached {target:.3f} in {hit:.1f} s" if hit is not None else f"MISSED {target:.3f}"
         print(f"  seed {seed}: {outcome} (data load {load_time:.1f} s, {parts.speed})", flush=True)
     median = statistics.median(times)
-    print(f"time to {target:.1%} test accuracy: median {median:.1f} s over {repeats} runs "
-          f"({sum(reached)}/{repeats} reached it); torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"time to {target:.1%} test accuracy: median {median:.1f} s over {repeats} runs "
+        f"({sum(reached)}/{repeats} reached it); torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     return {"target": target, "times_s": times, "median_s": median, "reached": reached}
 
 
@@ -201,8 +263,13 @@ def main() -> None:
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--pipeline-batches", type=int, default=30)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    parser.add_argument("--speedrun", type=Path, default=None, metavar="DATA_DIR",
-                        help="time experiment=mnist_speedrun to --target test accuracy on MNIST in DATA_DIR")
+    parser.add_argument(
+        "--speedrun",
+        type=Path,
+        default=None,
+        metavar="DATA_DIR",
+        help="time experiment=mnist_speedrun to --target test accuracy on MNIST in DATA_DIR",
+    )
     parser.add_argument("--target", type=float, default=0.99)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for --speedrun, e.g. trainer.epochs=4")
@@ -213,17 +280,27 @@ def main() -> None:
             args.json.write_text(json.dumps(result, indent=2))
         return
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CIFAR-10-shaped synthetic data "
-          f"({args.n_train} train images, batch {args.batch_size})")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CIFAR-10-shaped synthetic data "
+        f"({args.n_train} train images, batch {args.batch_size})"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         make_cifar_like(root, args.n_train + 1, 500)
         ref_rate = time_pipeline(reference_loader(root, args.batch_size, args.workers), args.pipeline_batches)
         own_rate = time_pipeline(project_batches(root, args.batch_size, False), args.pipeline_batches * 10)
-        print(f"data pipeline (crop+flip+normalise): DataLoader {ref_rate:.1f} batches/s, "
-              f"dsconv {own_rate:.1f} batches/s -> {own_rate / ref_rate:.1f}x")
-        results = {"pipeline": {"dataloader_batches_per_s": ref_rate, "dsconv_batches_per_s": own_rate,
-                                "ratio": own_rate / ref_rate}, "models": []}
+        print(
+            f"data pipeline (crop+flip+normalise): DataLoader {ref_rate:.1f} batches/s, "
+            f"dsconv {own_rate:.1f} batches/s -> {own_rate / ref_rate:.1f}x"
+        )
+        results = {
+            "pipeline": {
+                "dataloader_batches_per_s": ref_rate,
+                "dsconv_batches_per_s": own_rate,
+                "ratio": own_rate / ref_rate,
+            },
+            "models": [],
+        }
         for name in args.models:
             entry = run_model(name, root, args)
             labels = [k for k in entry if k != "model"]

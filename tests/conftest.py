@@ -62,8 +62,11 @@ def tiny_cifar_dir(tmp_path) -> Path:
 
     def batch(n: int, offset: int) -> dict:
         # str keys: the official batches were pickled by Python 2 and load with str keys.
-        return {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                "labels": [int(i % 10) for i in range(offset, offset + n)], "batch_label": "tiny"}
+        return {
+            "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            "labels": [int(i % 10) for i in range(offset, offset + n)],
+            "batch_label": "tiny",
+        }
 
     for i in range(1, 6):
         with open(base / f"data_batch_{i}", "wb") as handle:
@@ -73,5 +76,3 @@ def tiny_cifar_dir(tmp_path) -> Path:
     with open(base / "batches.meta", "wb") as handle:
         pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, handle)
     return tmp_path
-
-

@@ -14,14 +14,27 @@ from hydra import compose, initialize_config_dir
 from dsconv.paths import CONF_DIR, REPO_ROOT
 
 SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "MNIST" / "raw"
-MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+MNIST_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
 
 # Small, fast settings for end-to-end runs on 2 CPU cores.
 TINY_RUN = [
-    "dataset=synthetic", "dataset.image_size=16", "dataset.channels=1", "dataset.num_train=240",
-    "dataset.num_test=80", "dataset.val_size=40", "model=mnist_cnn", "model.channels=[4,8,8]",
-    "model.hidden=16", "trainer.epochs=2", "trainer.batch_size=32", "trainer.progress_bar=false",
+    "dataset=synthetic",
+    "dataset.image_size=16",
+    "dataset.channels=1",
+    "dataset.num_train=240",
+    "dataset.num_test=80",
+    "dataset.val_size=40",
+    "model=mnist_cnn",
+    "model.channels=[4,8,8]",
+    "model.hidden=16",
+    "trainer.epochs=2",
+    "trainer.batch_size=32",
+    "trainer.progress_bar=false",
 ]
 
 
@@ -48,8 +61,12 @@ def gzip_file(path: Path) -> Path:
 
 def cli_env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(DSCONV_OUTPUT_DIR=str(tmp_path / "outputs"), DSCONV_DATA_DIR=str(tmp_path / "data"),
-               OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env.update(
+        DSCONV_OUTPUT_DIR=str(tmp_path / "outputs"),
+        DSCONV_DATA_DIR=str(tmp_path / "data"),
+        OMP_NUM_THREADS="1",
+        PYTHONWARNINGS="ignore",
+    )
     return env
 
 

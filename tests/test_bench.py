@@ -27,12 +27,21 @@ from dsconv.registry import build_model, register_model
 
 FAST = [
     "threads=1",  # one thread: tiny ops on a shared machine stall less waiting for a second one
-    "dtypes=[fp32]", "memory_formats=[nchw]", "memory.method=off", "output.plots=false",
-    "timing.warmup=1", "timing.min_iters=2", "timing.max_iters=2", "timing.max_time_s=0", "timing.retries=0",
-    "batch.throughput=4", "batch.train=2",
+    "dtypes=[fp32]",
+    "memory_formats=[nchw]",
+    "memory.method=off",
+    "output.plots=false",
+    "timing.warmup=1",
+    "timing.min_iters=2",
+    "timing.max_iters=2",
+    "timing.max_time_s=0",
+    "timing.retries=0",
+    "batch.throughput=4",
+    "batch.train=2",
 ]
-TINY_MODELS = ("models=[{group:mnist_cnn,conv:standard,input_shape:[1,8,8]},"
-               "{group:mnist_cnn,conv:separable,input_shape:[1,8,8]}]")
+TINY_MODELS = (
+    "models=[{group:mnist_cnn,conv:standard,input_shape:[1,8,8]},{group:mnist_cnn,conv:separable,input_shape:[1,8,8]}]"
+)
 TINY_LAYERS = "layers=[{c_in:4,c_out:8,kernel:3,hw:8,stride:1}]"
 DATASET = {"name": "cifar10", "input_shape": [3, 32, 32], "num_classes": 10}
 
@@ -71,26 +80,38 @@ def compose_bench(*overrides: str):
 def test_default_config_is_the_issue_suite():
     plan = build_plan(compose_bench())
     labels = [t.label for t in plan.targets]
-    assert labels[:6] == ["seed002_cnn/standard", "seed002_cnn/separable", "densenet4/standard",
-                          "densenet4/separable", "mnist_cnn/standard", "mnist_cnn/separable"]
+    assert labels[:6] == [
+        "cifar_cnn/standard",
+        "cifar_cnn/separable",
+        "densenet4/standard",
+        "densenet4/separable",
+        "mnist_cnn/standard",
+        "mnist_cnn/separable",
+    ]
     assert {(s.dtype, s.memory_format, s.compile) for s in plan.settings} == {
-        (d, f, False) for d in ("fp32", "bf16") for f in ("nchw", "channels_last")}
+        (d, f, False) for d in ("fp32", "bf16") for f in ("nchw", "channels_last")
+    }
     assert plan.targets[4].input_shape == (1, 28, 28)
     example = [t for t in plan.targets if t.kind == "layer"]
     assert [t.conv for t in example] == ["standard", "separable"]
     ratio = example[0].analytic_macs() / example[1].analytic_macs()
-    assert ratio == pytest.approx(8.69, abs=0.01)  # seed 002's worked example
+    assert ratio == pytest.approx(8.69, abs=0.01)  # the comparison document's worked example
 
 
-@pytest.mark.parametrize(("c_in", "c_out", "kernel", "hw", "stride"),
-                         [(128, 256, 3, 32, 1), (3, 16, 5, 9, 2), (8, 4, 1, 7, 1), (6, 12, 3, 10, 3)])
+@pytest.mark.parametrize(
+    ("c_in", "c_out", "kernel", "hw", "stride"),
+    [(128, 256, 3, 32, 1), (3, 16, 5, 9, 2), (8, 4, 1, 7, 1), (6, 12, 3, 10, 3)],
+)
 def test_layer_macs_equal_the_formula_and_flops_twice_macs(c_in, c_out, kernel, hw, stride):
     geometry = {"c_in": c_in, "c_out": c_out, "kernel": kernel, "hw": hw, "stride": stride}
     for target in layer_targets(geometry, 0, bias=False):
         metrics = static_metrics(target)
         out = (hw + 2 * ((kernel - 1) // 2) - kernel) // stride + 1
-        expected = (c_out * c_in * kernel**2 * out**2 if target.conv == "standard"
-                    else c_in * kernel**2 * out**2 + c_in * c_out * out**2)
+        expected = (
+            c_out * c_in * kernel**2 * out**2
+            if target.conv == "standard"
+            else c_in * kernel**2 * out**2 + c_in * c_out * out**2
+        )
         assert metrics["macs_per_image"] == metrics["macs_analytic"] == expected
         assert layer_macs(target.conv, **geometry) == expected
         assert metrics["flops_per_image"] == 2 * metrics["macs_per_image"]
@@ -106,8 +127,15 @@ def test_flops_are_twice_macs_for_a_conv_linear_net(conv):
 
 
 def test_tiny_run_writes_every_output(tmp_path):
-    cfg = compose_bench(*FAST, TINY_MODELS, TINY_LAYERS, "dtypes=[fp32,bf16]",
-                        "memory_formats=[nchw,channels_last]", "output.plots=true", "output.tensorboard=true")
+    cfg = compose_bench(
+        *FAST,
+        TINY_MODELS,
+        TINY_LAYERS,
+        "dtypes=[fp32,bf16]",
+        "memory_formats=[nchw,channels_last]",
+        "output.plots=true",
+        "output.tensorboard=true",
+    )
     results = run_bench(cfg, tmp_path)
     for name in ("results.json", "results.csv", "pairs.csv", "report.md"):
         assert (tmp_path / name).stat().st_size > 0
@@ -119,10 +147,27 @@ def test_tiny_run_writes_every_output(tmp_path):
     rows, pairs = saved["rows"], saved["pairs"]
     assert [r["target"] for r in rows] == [r["target"] for r in results["rows"]]
     assert len(rows) == 4 * 4 and len(pairs) == 2 * 4
-    row_fields = {"params", "macs_per_image", "flops_per_image", "latency_b1_median_ms", "latency_b1_p90_ms",
-                  "throughput_img_per_s", "train_step_median_ms", "train_img_per_s", "peak_mem_infer_mib",
-                  "peak_mem_train_mib", "peak_mem_method", "achieved_gflops_throughput", "noisy",
-                  "torch_version", "device_name", "cpu_model", "num_threads", "dtype", "memory_format"}
+    row_fields = {
+        "params",
+        "macs_per_image",
+        "flops_per_image",
+        "latency_b1_median_ms",
+        "latency_b1_p90_ms",
+        "throughput_img_per_s",
+        "train_step_median_ms",
+        "train_img_per_s",
+        "peak_mem_infer_mib",
+        "peak_mem_train_mib",
+        "peak_mem_method",
+        "achieved_gflops_throughput",
+        "noisy",
+        "torch_version",
+        "device_name",
+        "cpu_model",
+        "num_threads",
+        "dtype",
+        "memory_format",
+    }
     for row in rows:
         assert row_fields <= set(row)
         assert row["latency_b1_p90_ms"] >= row["latency_b1_median_ms"] > 0
@@ -130,16 +175,26 @@ def test_tiny_run_writes_every_output(tmp_path):
         assert row["latency_b1_iters"] == 2 and row["latency_b1_attempts"] == 1
         assert row["latency_b1_min_ms"] <= row["latency_b1_median_ms"]
         assert row["achieved_gflops_throughput"] == pytest.approx(
-            row["flops_per_image"] * row["throughput_img_per_s"] / 1e9)
+            row["flops_per_image"] * row["throughput_img_per_s"] / 1e9
+        )
     assert {k for k in UNITS if not k.startswith(("mac_ratio", "speedup", "realized"))} <= set(rows[0])
     for pair in pairs:
-        base = next(r for r in rows if r["target"] == pair["baseline"] and r["dtype"] == pair["dtype"]
-                    and r["memory_format"] == pair["memory_format"])
-        other = next(r for r in rows if r["target"] == pair["variant"] and r["dtype"] == pair["dtype"]
-                     and r["memory_format"] == pair["memory_format"])
+        base = next(
+            r
+            for r in rows
+            if r["target"] == pair["baseline"]
+            and r["dtype"] == pair["dtype"]
+            and r["memory_format"] == pair["memory_format"]
+        )
+        other = next(
+            r
+            for r in rows
+            if r["target"] == pair["variant"]
+            and r["dtype"] == pair["dtype"]
+            and r["memory_format"] == pair["memory_format"]
+        )
         assert pair["mac_ratio"] == pytest.approx(base["macs_per_image"] / other["macs_per_image"])
-        assert pair["speedup_throughput"] == pytest.approx(other["throughput_img_per_s"]
-                                                           / base["throughput_img_per_s"])
+        assert pair["speedup_throughput"] == pytest.approx(other["throughput_img_per_s"] / base["throughput_img_per_s"])
         assert pair["realized_throughput"] == pytest.approx(pair["speedup_throughput"] / pair["mac_ratio"])
     env = saved["environment"]
     assert {"torch_version", "device_name", "cpu_model", "num_threads", "cpu_flags"} <= set(env)
@@ -154,8 +209,7 @@ def test_tiny_run_writes_every_output(tmp_path):
 
 def test_memory_probe_runs_in_a_subprocess():
     target = layer_targets({"c_in": 8, "c_out": 16, "kernel": 3, "hw": 16}, 0, bias=False)[0]
-    (result,) = measure_cpu(target, [Setting()], {"throughput": 8, "train": 4}, {"name": "sgd", "lr": 0.1},
-                            threads=1)
+    (result,) = measure_cpu(target, [Setting()], {"throughput": 8, "train": 4}, {"name": "sgd", "lr": 0.1}, threads=1)
     assert result["peak_mem_train_mib"] >= result["peak_mem_infer_mib"] >= 0
     assert "RSS" in result["peak_mem_method"]
 
@@ -167,8 +221,9 @@ def test_timer_warms_up_and_flags_noise():
         calls.append(None)
         time.sleep(0.012 if len(calls) % 2 else 0.001)
 
-    stats = time_callable(jittery, torch.device("cpu"), warmup=2, min_iters=4, max_iters=4, max_time_s=0,
-                          noise_threshold=1.5)
+    stats = time_callable(
+        jittery, torch.device("cpu"), warmup=2, min_iters=4, max_iters=4, max_time_s=0, noise_threshold=1.5
+    )
     assert len(calls) == 6 and stats.iters == 4 and stats.warmup == 2
     assert stats.noisy and stats.spread > 1.5 and stats.p90_ms >= stats.median_ms
     calm = time_callable(jittery, torch.device("cpu"), warmup=1, min_iters=2, max_iters=2, noise_threshold=100)
@@ -184,8 +239,16 @@ def test_timer_flags_other_processes_using_the_cpu():
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.2)
-        stats = time_callable(lambda: time.sleep(0.01), torch.device("cpu"), warmup=1, min_iters=1,
-                              max_iters=1000, max_time_s=0.6, noise_threshold=100, contention_threshold=0.25)
+        stats = time_callable(
+            lambda: time.sleep(0.01),
+            torch.device("cpu"),
+            warmup=1,
+            min_iters=1,
+            max_iters=1000,
+            max_time_s=0.6,
+            noise_threshold=100,
+            contention_threshold=0.25,
+        )
     finally:
         spinner.kill()
         spinner.wait()
@@ -205,17 +268,20 @@ def test_quick_inference_profile_leaves_the_model_as_it_was():
     assert next(model.parameters()).is_contiguous()
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("dtypes=[fp16]", "fp16 needs a CUDA device"),
-    ("device=gpu0", "device='gpu0' is not a device"),
-    ("threads=0", "threads must be >= 1"),
-    ("dtypes=[fp8]", "unknown dtype 'fp8'"),
-    ("memory_formats=[nhwc]", "unknown memory format 'nhwc'"),
-    ("models=[{name:nope}]", "unknown model 'nope': registered models are"),
-    ("models=[nope_group]", "unknown model config group 'nope_group'"),
-    ("timing.warmup=0", "warm-up is never skipped"),
-    ("layers=[{c_in:4,c_out:8}]", "layers[0] must be"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("dtypes=[fp16]", "fp16 needs a CUDA device"),
+        ("device=gpu0", "device='gpu0' is not a device"),
+        ("threads=0", "threads must be >= 1"),
+        ("dtypes=[fp8]", "unknown dtype 'fp8'"),
+        ("memory_formats=[nhwc]", "unknown memory format 'nhwc'"),
+        ("models=[{name:nope}]", "unknown model 'nope': registered models are"),
+        ("models=[nope_group]", "unknown model config group 'nope_group'"),
+        ("timing.warmup=0", "warm-up is never skipped"),
+        ("layers=[{c_in:4,c_out:8}]", "layers[0] must be"),
+    ],
+)
 def test_bad_input_names_the_problem(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
         build_plan(compose_bench(override))
@@ -223,9 +289,11 @@ def test_bad_input_names_the_problem(override, message):
 
 def test_cli_bad_input_is_one_line_and_nonzero(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "bench.py"), "models=[{name:nope}]",
-         f"hydra.run.dir={tmp_path}"],
-        capture_output=True, text=True, timeout=120, check=False,
+        [sys.executable, str(REPO_ROOT / "scripts" / "bench.py"), "models=[{name:nope}]", f"hydra.run.dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]

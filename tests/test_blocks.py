@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import itertools
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,10 +14,11 @@ from omegaconf import OmegaConf
 from dsconv.errors import ConfigError
 from dsconv.evaluation.complexity import count_macs
 from dsconv.layers import InvertedResidual, SeparableConv2d, conv_kinds, conv_norm_act, make_conv
+from dsconv.paths import CONF_DIR
 from dsconv.registry import build_model
 
 torch.set_num_threads(1)
-MODEL_CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
+MODEL_CONF = CONF_DIR / "model"
 
 
 def ir_params(cin, cout, k, *, expand_ratio=6, se_ratio=None, norm="batch", bias=None):
@@ -75,14 +75,20 @@ def test_linear_bottleneck_has_no_final_activation():
     out = block(torch.randn(4, 4, 5, 5))
     assert out.min() < 0  # a ReLU after the projection could never give negative values
     x = torch.randn(1, 4, 5, 5)
-    manual = block.project_norm(block.project(block.depthwise_act(block.depthwise_norm(block.depthwise(
-        block.expand(x))))))
+    manual = block.project_norm(
+        block.project(block.depthwise_act(block.depthwise_norm(block.depthwise(block.expand(x)))))
+    )
     torch.testing.assert_close(block(x), manual)
 
 
-@pytest.mark.parametrize(("cin", "cout", "k", "stride", "expand", "size"), [
-    (4, 4, 3, 1, 6, 8), (4, 8, 5, 2, 3, 9), (6, 6, 3, 1, 1, 7),
-])
+@pytest.mark.parametrize(
+    ("cin", "cout", "k", "stride", "expand", "size"),
+    [
+        (4, 4, 3, 1, 6, 8),
+        (4, 8, 5, 2, 3, 9),
+        (6, 6, 3, 1, 1, 7),
+    ],
+)
 def test_inverted_residual_macs_match_the_formula(cin, cout, k, stride, expand, size):
     block = InvertedResidual(cin, cout, k, stride, expand_ratio=expand, norm=None)
     hidden = cin * expand
@@ -142,8 +148,8 @@ def test_one_config_key_switches_every_conv_of_mnist_cnn():
     assert inverted(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
 
-def test_seed000_config_reaches_every_separable_conv():
-    model = build_model(load_model_cfg("mnist_cnn_seed000"), (1, 28, 28), 10)
+def test_separable_options_config_reaches_every_separable_conv():
+    model = build_model(load_model_cfg("mnist_cnn_separable_options"), (1, 28, 28), 10)
     layers = _convs(model, SeparableConv2d)
     assert len(layers) == 3
     for layer in layers:
@@ -170,13 +176,24 @@ def test_hybrid_stages_and_densenet_twin():
 def _example_blocks() -> dict[str, nn.Module]:
     torch.manual_seed(0)
     separable = SeparableConv2d(
-        3, 8, 3, 2, 1, bias=False, depth_multiplier=2, norm="batch", depthwise_activation="relu",
-        pointwise_activation="silu", depthwise_scale=1.2, learnable_scale=True, normalize_weights=True,
-        learnable_gain=True, skip=True, se_ratio=0.25,
+        3,
+        8,
+        3,
+        2,
+        1,
+        bias=False,
+        depth_multiplier=2,
+        norm="batch",
+        depthwise_activation="relu",
+        pointwise_activation="silu",
+        depthwise_scale=1.2,
+        learnable_scale=True,
+        normalize_weights=True,
+        learnable_gain=True,
+        skip=True,
+        se_ratio=0.25,
     )
-    inverted = nn.Sequential(
-        InvertedResidual(3, 8, 3, 2, expand_ratio=4), InvertedResidual(8, 8, 5, 1, se_ratio=0.25)
-    )
+    inverted = nn.Sequential(InvertedResidual(3, 8, 3, 2, expand_ratio=4), InvertedResidual(8, 8, 5, 1, se_ratio=0.25))
     models = {}
     for name, block in [("separable", separable), ("inverted_residual", inverted)]:
         model = nn.Sequential(block, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))

@@ -15,14 +15,24 @@ from dsconv.paths import REPO_ROOT
 from support import TINY_RUN, cli_env
 
 TRAIN = [sys.executable, str(REPO_ROOT / "scripts" / "train.py")]
-RUN_FILES = ("config.yaml", "training_log.csv", "metrics.json", "classification_report.json",
-             "confusion_matrix.png", "sample_predictions.png", "curves.png", "model_summary.txt",
-             "checkpoints/best.pt", "checkpoints/last.pt")
+RUN_FILES = (
+    "config.yaml",
+    "training_log.csv",
+    "metrics.json",
+    "classification_report.json",
+    "confusion_matrix.png",
+    "sample_predictions.png",
+    "curves.png",
+    "model_summary.txt",
+    "checkpoints/best.pt",
+    "checkpoints/last.pt",
+)
 
 
 def _run(args: list[str], tmp_path: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(TRAIN + args, cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        TRAIN + args, cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _run_dirs(tmp_path: Path) -> list[Path]:
@@ -37,9 +47,20 @@ def test_single_run_writes_every_output(tmp_path):
     for name in RUN_FILES:
         assert (run_dir / name).is_file(), name
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    for key in ("test_accuracy", "test_precision_macro", "test_recall_macro", "test_f1_macro", "params_total",
-                "params_trainable", "macs_per_image", "train_time_s", "best_epoch", "fit_diagnosis",
-                "latency_ms_b1", "throughput_img_s"):
+    for key in (
+        "test_accuracy",
+        "test_precision_macro",
+        "test_recall_macro",
+        "test_f1_macro",
+        "params_total",
+        "params_trainable",
+        "macs_per_image",
+        "train_time_s",
+        "best_epoch",
+        "fit_diagnosis",
+        "latency_ms_b1",
+        "throughput_img_s",
+    ):
         assert key in metrics, key
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
     assert metrics["latency_ms_b1"] > 0 and metrics["throughput_img_s"] > 0
@@ -84,16 +105,19 @@ def test_two_job_multirun_gets_two_dirs(tmp_path):
     assert convs == ["separable", "standard"]
 
 
-@pytest.mark.parametrize(("override", "needle"), [
-    ("model=nonexistent", "model"),
-    ("dataset=imagenet", "dataset"),
-    ("optimizer=lion", "optimizer"),
-    ("optimizer.lr=0", "optimizer.lr=0 must be > 0"),
-    ("trainer.batch_size=0", "trainer.batch_size=0 must be >= 1"),
-    ("model.dropout=1.5", "model.dropout=1.5 is outside [0, 1)"),
-    ("trainer.epochs=0", "trainer.epochs=0 must be >= 1"),
-    ("model.name=nonexistent", "unknown model 'nonexistent'"),
-])
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("model=nonexistent", "model"),
+        ("dataset=imagenet", "dataset"),
+        ("optimizer=lion", "optimizer"),
+        ("optimizer.lr=0", "optimizer.lr=0 must be > 0"),
+        ("trainer.batch_size=0", "trainer.batch_size=0 must be >= 1"),
+        ("model.dropout=1.5", "model.dropout=1.5 is outside [0, 1)"),
+        ("trainer.epochs=0", "trainer.epochs=0 must be >= 1"),
+        ("model.name=nonexistent", "unknown model 'nonexistent'"),
+    ],
+)
 def test_bad_input_fails_before_training(tmp_path, override, needle):
     result = _run([*TINY_RUN, override], tmp_path, timeout=120)
     assert result.returncode != 0

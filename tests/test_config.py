@@ -45,8 +45,18 @@ def test_required_groups_are_present():
 
 def test_stable_key_names():
     cfg = compose_config()
-    for key in ("optimizer.lr", "trainer.epochs", "trainer.batch_size", "trainer.seed", "trainer.deterministic",
-                "trainer.device", "trainer.precision", "trainer.resume", "paths.data_dir", "model.conv"):
+    for key in (
+        "optimizer.lr",
+        "trainer.epochs",
+        "trainer.batch_size",
+        "trainer.seed",
+        "trainer.deterministic",
+        "trainer.device",
+        "trainer.precision",
+        "trainer.resume",
+        "paths.data_dir",
+        "model.conv",
+    ):
         assert OmegaConf.select(cfg, key, default="<missing>") != "<missing>", key
 
 
@@ -61,18 +71,21 @@ def test_data_dir_env_override(monkeypatch):
     assert compose_config().paths.data_dir == "/somewhere/else"
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("optimizer.lr=0", "optimizer.lr=0 must be > 0"),
-    ("optimizer.lr=-1e-3", "optimizer.lr"),
-    ("trainer.batch_size=0", "trainer.batch_size=0 must be >= 1"),
-    ("trainer.epochs=0", "trainer.epochs=0 must be >= 1"),
-    ("trainer.epochs=-2", "trainer.epochs"),
-    ("model.dropout=1.0", r"model.dropout=1.0 is outside \[0, 1\)"),
-    ("model.dropout=-0.1", "model.dropout"),
-    ("trainer.precision=fp8", "trainer.precision"),
-    ("trainer.precision=fp16", "needs a CUDA device"),
-    ("trainer.batch_size=abc", "not an integer"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optimizer.lr=0", "optimizer.lr=0 must be > 0"),
+        ("optimizer.lr=-1e-3", "optimizer.lr"),
+        ("trainer.batch_size=0", "trainer.batch_size=0 must be >= 1"),
+        ("trainer.epochs=0", "trainer.epochs=0 must be >= 1"),
+        ("trainer.epochs=-2", "trainer.epochs"),
+        ("model.dropout=1.0", r"model.dropout=1.0 is outside \[0, 1\)"),
+        ("model.dropout=-0.1", "model.dropout"),
+        ("trainer.precision=fp8", "trainer.precision"),
+        ("trainer.precision=fp16", "needs a CUDA device"),
+        ("trainer.batch_size=abc", "not an integer"),
+    ],
+)
 def test_bad_values_fail_validation_with_one_line(override, message):
     cfg = compose_config([override])
     with pytest.raises(ConfigError, match=message) as info:

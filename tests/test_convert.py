@@ -19,8 +19,11 @@ def n_params(model: nn.Module) -> int:
 
 
 def dense_convs(model: nn.Module, min_kernel: int = 2) -> dict[str, nn.Conv2d]:
-    return {name: m for name, m in model.named_modules()
-            if isinstance(m, nn.Conv2d) and m.groups == 1 and max(m.kernel_size) >= min_kernel}
+    return {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d) and m.groups == 1 and max(m.kernel_size) >= min_kernel
+    }
 
 
 def test_resnet18_every_eligible_conv_replaced_and_report_matches_independent_count():
@@ -29,14 +32,17 @@ def test_resnet18_every_eligible_conv_replaced_and_report_matches_independent_co
     eligible = dense_convs(model)
     assert len(eligible) == 17  # the 7x7 stem and sixteen 3x3 convs; 1x1 downsamples are not eligible
     out_sizes: dict[str, tuple[int, int]] = {}
-    hooks = [conv.register_forward_hook(lambda m, i, o, n=name: out_sizes.__setitem__(n, o.shape[-2:]))
-             for name, conv in eligible.items()]
+    hooks = [
+        conv.register_forward_hook(lambda m, i, o, n=name: out_sizes.__setitem__(n, o.shape[-2:]))
+        for name, conv in eligible.items()
+    ]
     with torch.no_grad():
         model.eval()(torch.randn(1, 3, 32, 32))
     for hook in hooks:
         hook.remove()
-    geometry = {n: (c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, c.dilation)
-                for n, c in eligible.items()}
+    geometry = {
+        n: (c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, c.dilation) for n, c in eligible.items()
+    }
     params_before = n_params(model)
     saved_params = saved_macs = 0
     for name, (cin, cout, (kh, kw), *_rest) in geometry.items():
@@ -51,8 +57,14 @@ def test_resnet18_every_eligible_conv_replaced_and_report_matches_independent_co
     for name, (cin, cout, kernel, stride, padding, dilation) in geometry.items():
         layer = modules[name]
         assert isinstance(layer, SeparableConv2d)
-        assert (layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                layer.dilation) == (cin, cout, kernel, stride, padding, dilation)
+        assert (
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+        ) == (cin, cout, kernel, stride, padding, dilation)
         assert not layer.has_bias  # resnet's convs have none
     leftover = {n for n in dense_convs(model) if not n.endswith(".depthwise")}
     assert not leftover
@@ -128,8 +140,12 @@ def test_tv_resnet18_cifar_stem_and_twins():
 
 
 def test_tv_resnet18_hybrid_activation_and_one_channel_input():
-    model = build_model({"name": "tv_resnet18", "conv": ["standard", "standard", "separable", "separable",
-                                                         "separable"]}, (1, 28, 28), 10, act_layer=nn.SiLU)
+    model = build_model(
+        {"name": "tv_resnet18", "conv": ["standard", "standard", "separable", "separable", "separable"]},
+        (1, 28, 28),
+        10,
+        act_layer=nn.SiLU,
+    )
     assert type(model.conv1) is nn.Conv2d and model.conv1.in_channels == 1
     assert type(model.layer1[0].conv1) is nn.Conv2d and isinstance(model.layer2[0].conv1, SeparableConv2d)
     assert not any(isinstance(m, nn.ReLU) for m in model.modules())
@@ -162,8 +178,9 @@ def test_tv_mobilenet_v2_twins():
     assert not any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in standard.modules())
     densified = sum(m.out_channels * m.in_channels * 9 - m.in_channels * 9 for m in depthwise)
     assert n_params(standard) - n_params(native) == densified
-    separable = _tv("tv_mobilenet_v2", input_shape=(1, 28, 28), conv="separable", width_mult=0.25,
-                    conv_options={"norm": "batch"})
+    separable = _tv(
+        "tv_mobilenet_v2", input_shape=(1, 28, 28), conv="separable", width_mult=0.25, conv_options={"norm": "batch"}
+    )
     assert isinstance(separable.features[0][0], SeparableConv2d)
     assert separable.features[0][0].in_channels == 1
     assert separable(torch.randn(2, 1, 28, 28)).shape == (2, 10)

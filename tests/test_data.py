@@ -91,7 +91,7 @@ def test_random_crop_is_a_shifted_window_of_the_padded_image():
     out = GpuAugment(crop_padding=2)(images, gen)
     padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
     for i in range(16):
-        windows = [padded[i, :, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
+        windows = [padded[i, :, dy : dy + 8, dx : dx + 8] for dy in range(5) for dx in range(5)]
         assert any(torch.equal(out[i], w) for w in windows)
     assert not torch.equal(out, images)
 
@@ -111,8 +111,16 @@ def _split(n=50):
 
 def test_batches_cover_each_sample_once_and_order_follows_the_generator():
     norm = Normalize((0.0,), (1 / 255,), "cpu")  # identity on values
-    make = lambda seed: DeviceBatches(_split(), 8, norm, shuffle=True,  # noqa: E731
-                                      generator=torch.Generator().manual_seed(seed))
+
+    def make(seed):
+        return DeviceBatches(
+            _split(),
+            8,
+            norm,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(seed),
+        )
+
     labels = torch.cat([y for _, y in make(1)])
     assert sorted(labels.tolist()) == list(range(50))
     assert torch.equal(labels, torch.cat([y for _, y in make(1)]))
@@ -130,8 +138,16 @@ def test_drop_last_and_len():
 
 def test_rank_shards_are_disjoint_and_seed_synchronised():
     norm = Normalize((0.0,), (1.0,), "cpu")
-    shards = [torch.cat([y for _, y in DeviceBatches(_split(50), 5, norm, shuffle=True, rank=r, world_size=2,
-                                                      generator=torch.Generator().manual_seed(7))])
-              for r in range(2)]
+    shards = [
+        torch.cat(
+            [
+                y
+                for _, y in DeviceBatches(
+                    _split(50), 5, norm, shuffle=True, rank=r, world_size=2, generator=torch.Generator().manual_seed(7)
+                )
+            ]
+        )
+        for r in range(2)
+    ]
     assert len(shards[0]) == len(shards[1]) == 25
     assert not set(shards[0].tolist()) & set(shards[1].tolist())

@@ -37,10 +37,21 @@ from support import TINY_RUN, cli_env, compose_config, iter_tensors
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 TRAIN_SCRIPT = str(REPO_ROOT / "scripts" / "train.py")
-RUN = [*TINY_RUN, "dataset.val_size=41", "dataset.num_test=81", "model.dropout=0", "trainer.epochs=3",
-       "trainer.device=cpu", "trainer.deterministic=true", "trainer.checkpoint_every_steps=2",
-       "trainer.distributed.sync_bn=true", "optimizer=sgd", "optimizer.lr=0.5", "tensorboard=false",
-       "profile_inference=false"]
+RUN = [
+    *TINY_RUN,
+    "dataset.val_size=41",
+    "dataset.num_test=81",
+    "model.dropout=0",
+    "trainer.epochs=3",
+    "trainer.device=cpu",
+    "trainer.deterministic=true",
+    "trainer.checkpoint_every_steps=2",
+    "trainer.distributed.sync_bn=true",
+    "optimizer=sgd",
+    "optimizer.lr=0.5",
+    "tensorboard=false",
+    "profile_inference=false",
+]
 TOL = 1e-5  # relative and absolute, on losses; accuracies must be equal
 COMPARED = ("train_loss", "train_acc", "val_loss", "val_acc")
 
@@ -65,13 +76,21 @@ main()
 
 
 def _torchrun(tmp_path: Path, args: list[str], script: str = TRAIN_SCRIPT, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*TORCHRUN, script, *args], cwd=tmp_path, env=cli_env(tmp_path) | env,
-                          capture_output=True, text=True, timeout=240)
+    return subprocess.run(
+        [*TORCHRUN, script, *args],
+        cwd=tmp_path,
+        env=cli_env(tmp_path) | env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
 
 
 def _log(run_dir: Path) -> list[dict[str, float]]:
-    return [{k: float(row[k]) for k in ("epoch", *COMPARED)} for row in csv.DictReader((run_dir / "training_log.csv")
-                                                                                       .open())]
+    return [
+        {k: float(row[k]) for k in ("epoch", *COMPARED)}
+        for row in csv.DictReader((run_dir / "training_log.csv").open())
+    ]
 
 
 def _metrics(run_dir: Path) -> dict:
@@ -117,17 +136,22 @@ def test_two_processes_write_one_run_dir_and_match_one_process(ddp_run, tmp_path
         assert metrics[key] == reference[key], key
     for key in ("test_loss", "best_val_loss"):
         assert metrics[key] == pytest.approx(reference[key], rel=TOL, abs=TOL), key
-    assert json.loads((ddp_run / "confusion_matrix.json").read_text()) == \
-        json.loads((single / "confusion_matrix.json").read_text())
+    assert json.loads((ddp_run / "confusion_matrix.json").read_text()) == json.loads(
+        (single / "confusion_matrix.json").read_text()
+    )
 
 
 def _fault_run(tmp_path: Path, run_dir: Path, kind: str, rank: int, at: int, extra: list[str]):
     runner = tmp_path / "fault_runner.py"
     runner.write_text(FAULT_RUNNER)
-    return _torchrun(tmp_path, [*RUN, *extra, f"hydra.run.dir={run_dir}"], str(runner), FAULT_KIND=kind,
-                     FAULT_RANK=str(rank), FAULT_AT=str(at))
-
-
+    return _torchrun(
+        tmp_path,
+        [*RUN, *extra, f"hydra.run.dir={run_dir}"],
+        str(runner),
+        FAULT_KIND=kind,
+        FAULT_RANK=str(rank),
+        FAULT_AT=str(at),
+    )
 
 
 @pytest.mark.slow
@@ -158,8 +182,13 @@ def test_kill_then_preempt_one_rank_then_resume_is_bit_identical(ddp_run, tmp_pa
         assert got_t.keys() == want_t.keys() and len(want_t) > 20
         for key, tensor in want_t.items():
             assert torch.equal(got_t[key], tensor), f"{name}{key} differs"
-        untimed = [[{k: v for k, v in row.items() if k not in ("epoch_time_s", "images_per_s")}
-                    for row in s["trainer"]["history"]] for s in (got, want)]
+        untimed = [
+            [
+                {k: v for k, v in row.items() if k not in ("epoch_time_s", "images_per_s")}
+                for row in s["trainer"]["history"]
+            ]
+            for s in (got, want)
+        ]
         assert untimed[0] == untimed[1]
     assert _log(run_dir) == _log(ddp_run)
     for key in ("test_accuracy", "test_loss", "best_val_loss", "per_class_f1"):
@@ -170,9 +199,22 @@ def test_kill_then_preempt_one_rank_then_resume_is_bit_identical(ddp_run, tmp_pa
 def test_submitit_local_job_with_two_tasks_trains_data_parallel(ddp_run, tmp_path):
     sweep = tmp_path / "sweep"
     result = subprocess.run(
-        [sys.executable, TRAIN_SCRIPT, "-m", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
-         "hydra.launcher.timeout_min=5", *RUN, f"hydra.sweep.dir={sweep}"],
-        cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            TRAIN_SCRIPT,
+            "-m",
+            "hydra/launcher=submitit_local",
+            "hydra.launcher.tasks_per_node=2",
+            "hydra.launcher.timeout_min=5",
+            *RUN,
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (job,) = [p.parent for p in sweep.glob("*/metrics.json")]
     metrics = _metrics(job)
@@ -189,8 +231,19 @@ def test_rank_batches_together_are_the_single_process_batches_augmentation_inclu
 
     def batches(batch_size, rank, world):
         gen = torch.Generator().manual_seed(3)
-        return list(DeviceBatches(split, batch_size, normalize, shuffle=True, drop_last=True, augment=augment,
-                                  generator=gen, rank=rank, world_size=world))
+        return list(
+            DeviceBatches(
+                split,
+                batch_size,
+                normalize,
+                shuffle=True,
+                drop_last=True,
+                augment=augment,
+                generator=gen,
+                rank=rank,
+                world_size=world,
+            )
+        )
 
     single, ranks = batches(12, 0, 1), [batches(4, r, 3) for r in range(3)]
     assert len(single) == len(ranks[0]) == 5
@@ -225,8 +278,10 @@ def test_batch_size_semantics():
 def test_resume_hint_and_rank_state():
     launch = LaunchEnv(rank=0, world_size=4, local_rank=0, local_world_size=4, launcher="torchrun")
     hint = resume_command("scripts/train.py", ["trainer.epochs=3"], Path("/runs/a"), launch)
-    assert hint == ("torchrun --standalone --nproc_per_node=4 scripts/train.py trainer.epochs=3 "
-                    "hydra.run.dir=/runs/a trainer.resume=auto")
+    assert hint == (
+        "torchrun --standalone --nproc_per_node=4 scripts/train.py trainer.epochs=3 "
+        "hydra.run.dir=/runs/a trainer.resume=auto"
+    )
     state = {"rng": "rank0", "in_epoch": {"seen": 5, "epoch": 1}, "ranks": [{"rng": "a"}, {"rng": "b"}]}
     # A 2-rank checkpoint resumed by one process: rank 0's RNG and sums.
     assert own_rank_state(state, None) == {"rng": "rank0", "in_epoch": {"seen": 5, "epoch": 1}}

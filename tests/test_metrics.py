@@ -21,8 +21,10 @@ def test_classification_metrics_match_hand_counts():
 
 
 def _history(train_losses, val_losses, train_acc=0.95, val_acc=0.95):
-    return [dict(epoch=i + 1, train_loss=t, val_loss=v, train_acc=train_acc, val_acc=val_acc)
-            for i, (t, v) in enumerate(zip(train_losses, val_losses))]
+    return [
+        dict(epoch=i + 1, train_loss=t, val_loss=v, train_acc=train_acc, val_acc=val_acc)
+        for i, (t, v) in enumerate(zip(train_losses, val_losses))
+    ]
 
 
 def test_rising_validation_loss_is_overfitting():
@@ -41,7 +43,10 @@ def test_large_accuracy_gap_is_overfitting():
 
 
 def test_low_training_accuracy_or_falling_loss_is_underfitting():
-    assert fit_diagnosis(_history([2.0, 1.9, 1.85], [2.0, 1.9, 1.8], train_acc=0.4, val_acc=0.4),
-                         best_epoch=3)["verdict"] == "underfitting"
-    assert fit_diagnosis(_history([1.0, 0.8, 0.6, 0.45], [0.9, 0.7, 0.5, 0.4]), best_epoch=4)["verdict"] == \
-        "underfitting"
+    assert (
+        fit_diagnosis(_history([2.0, 1.9, 1.85], [2.0, 1.9, 1.8], train_acc=0.4, val_acc=0.4), best_epoch=3)["verdict"]
+        == "underfitting"
+    )
+    assert (
+        fit_diagnosis(_history([1.0, 0.8, 0.6, 0.45], [0.9, 0.7, 0.5, 0.4]), best_epoch=4)["verdict"] == "underfitting"
+    )

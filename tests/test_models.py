@@ -41,8 +41,9 @@ def test_forward_backward_every_parameter_gets_a_gradient(name, kind, shape):
     out = model(x)
     assert out.shape == (3, 10)
     out.logsumexp(1).sum().backward()
-    missing = [n for n, p in model.named_parameters()
-               if p.requires_grad and (p.grad is None or not p.grad.isfinite().all())]
+    missing = [
+        n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.isfinite().all())
+    ]
     assert not missing, f"parameters without a finite gradient: {missing}"
 
 
@@ -61,11 +62,11 @@ def _conv(cin, cout, k=3, bias=True):
 
 
 def _ds(cin, cout, k=3):
-    # conv_dw of seed 002: depthwise (no bias) + BN + pointwise (no bias) + BN
+    # conv_dw of the comparison document: depthwise (no bias) + BN + pointwise (no bias) + BN
     return cin * k * k + 2 * cin + cin * cout + 2 * cout
 
 
-def _seed002_params(in_ch, hw, separable):
+def _cifar_cnn_params(in_ch, hw, separable):
     bn = lambda c: 2 * c  # noqa: E731
     convs = [(in_ch, 32, True), (32, 64, True), (64, 128, True), (128, 128, False), (128, 256, True), (256, 256, False)]
     swappable = {0, 1, 2, 4}
@@ -81,13 +82,13 @@ def _seed002_params(in_ch, hw, separable):
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("separable", [False, True])
-def test_seed002_parameter_counts_follow_the_architecture(shape, separable):
-    model = build_model({"name": "seed002_cnn", "conv": "separable" if separable else "standard"}, shape, 10)
-    assert count_params(model).total == _seed002_params(shape[0], shape[1], separable)
+def test_cifar_cnn_parameter_counts_follow_the_architecture(shape, separable):
+    model = build_model({"name": "cifar_cnn", "conv": "separable" if separable else "standard"}, shape, 10)
+    assert count_params(model).total == _cifar_cnn_params(shape[0], shape[1], separable)
 
 
-def test_seed002_worked_examples():
-    # Seed 002: a 3->32 DS conv without BN has 27 + 96 = 123 weights; 128->256 3x3 dense has 294,912.
+def test_cifar_cnn_worked_examples():
+    # the comparison document: a 3->32 DS conv without BN has 27 + 96 = 123 weights; 128->256 3x3 dense has 294,912.
     assert 3 * 9 + 3 * 32 == 123
     from dsconv.layers import SeparableConv2d
 
@@ -95,12 +96,12 @@ def test_seed002_worked_examples():
     assert count_params(nn.Conv2d(128, 256, 3, padding=1, bias=False)).total == 294_912
     # The real CIFAR pair: the 16384->1024 head dominates, so DS saves only ~2% of the parameters,
     # not the seed's claimed 10-15M -> 1-2M.
-    std = _seed002_params(3, 32, False)
-    ds = _seed002_params(3, 32, True)
+    std = _cifar_cnn_params(3, 32, False)
+    ds = _cifar_cnn_params(3, 32, True)
     assert std == 18_435_210 and ds == 18_092_395
 
 
-def test_fvcore_macs_match_seed002_worked_example():
+def test_fvcore_macs_match_cifar_cnn_worked_example():
     from dsconv.layers import SeparableConv2d
 
     assert count_macs(nn.Conv2d(128, 256, 3, padding=1, bias=False), (128, 32, 32)) == 301_989_888
@@ -119,7 +120,7 @@ def test_mnist_cnn_parameter_count(separable):
     total += cin * hidden + hidden + hidden * 10 + 10
     assert count_params(model).total == total
     if not separable:
-        assert 95_000 < total < 105_000  # seed 000: "~100K parameters"
+        assert 95_000 < total < 105_000  # the separable-options document: "~100K parameters"
 
 
 @pytest.mark.parametrize("kind", ["standard", "separable"])
@@ -155,6 +156,6 @@ def test_hybrid_stage_list_and_wrong_length():
 
 
 def test_activation_group_reaches_every_activation():
-    model = build_model({"name": "seed002_cnn", "conv": "separable"}, (3, 32, 32), 10, act_layer=nn.SiLU)
+    model = build_model({"name": "cifar_cnn", "conv": "separable"}, (3, 32, 32), 10, act_layer=nn.SiLU)
     assert not any(isinstance(m, nn.ReLU) for m in model.modules())
     assert sum(isinstance(m, nn.SiLU) for m in model.modules()) == 4 * 2 + 2 + 2

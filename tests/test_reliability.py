@@ -56,9 +56,17 @@ def _trainer(tmp_path: Path, bad_calls: set[int], **options) -> tuple[Trainer, D
     norm = Normalize((0.5,), (0.5,), "cpu")
     train = DeviceBatches(split, 16, norm, shuffle=True, drop_last=True, generator=gen)  # 4 steps per epoch
     model = Poisoned(bad_calls)
-    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), Schedule(None, per_epoch=False),
-                      device=torch.device("cpu"), epochs=3, run_dir=tmp_path, data_generator=gen, progress=False,
-                      **options)
+    trainer = Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        Schedule(None, per_epoch=False),
+        device=torch.device("cpu"),
+        epochs=3,
+        run_dir=tmp_path,
+        data_generator=gen,
+        progress=False,
+        **options,
+    )
     return trainer, train, DeviceBatches(split, 64, norm)
 
 
@@ -134,17 +142,20 @@ def _assert_one_line_failure(code: int, err: str, needle: str, tmp_path: Path) -
     assert not [p for p in written if p.suffix != ".log"], written  # only Hydra's own job log
 
 
-@pytest.mark.parametrize(("override", "needle"), [
-    ("optimizer.lr=0", "optimizer.lr=0 must be > 0"),
-    ("optimizer.lr=fast", "optimizer.lr='fast' is not a number"),
-    ("trainer.batch_size=0", "trainer.batch_size=0 must be >= 1"),
-    ("trainer.batch_size=1.5", "trainer.batch_size=1.5 is not an integer"),
-    ("model.dropout=1.0", "model.dropout=1.0 is outside [0, 1)"),
-    ("dataset.val_size=240", "dataset.val_size=240 must be smaller than dataset.num_train=240"),
-    ("trainer.epochs=-1", "trainer.epochs=-1 must be >= 1"),
-    ("model.kernel_size=4", "model.kernel_size=4 is even"),
-    ("trainer.nan_policy=ignore", "trainer.nan_policy='ignore' is unknown"),
-])
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("optimizer.lr=0", "optimizer.lr=0 must be > 0"),
+        ("optimizer.lr=fast", "optimizer.lr='fast' is not a number"),
+        ("trainer.batch_size=0", "trainer.batch_size=0 must be >= 1"),
+        ("trainer.batch_size=1.5", "trainer.batch_size=1.5 is not an integer"),
+        ("model.dropout=1.0", "model.dropout=1.0 is outside [0, 1)"),
+        ("dataset.val_size=240", "dataset.val_size=240 must be smaller than dataset.num_train=240"),
+        ("trainer.epochs=-1", "trainer.epochs=-1 must be >= 1"),
+        ("model.kernel_size=4", "model.kernel_size=4 is even"),
+        ("trainer.nan_policy=ignore", "trainer.nan_policy='ignore' is unknown"),
+    ],
+)
 def test_bad_values_give_one_line_and_write_nothing(cli, tmp_path, override, needle):
     code, err = cli([*FAST, override])
     assert code == 2
@@ -172,8 +183,15 @@ def test_missing_dataset_offline_says_where_and_how(cli, tmp_path):
 
 def test_dataset_file_failing_its_checksum(cli, tmp_path, tiny_cifar_dir):
     # The fixture's batches are real-format pickles whose md5 is not the official one.
-    code, err = cli([*OTHER_DATA, "dataset=cifar10", "dataset.download=false", f"paths.data_dir={tiny_cifar_dir}",
-                     "dataset.val_size=10"])
+    code, err = cli(
+        [
+            *OTHER_DATA,
+            "dataset=cifar10",
+            "dataset.download=false",
+            f"paths.data_dir={tiny_cifar_dir}",
+            "dataset.val_size=10",
+        ]
+    )
     _assert_one_line_failure(code, err, "CIFAR10 files not found or corrupt", tmp_path)
     assert "corrupted" in err
 
@@ -219,8 +237,14 @@ def test_nan_in_a_real_run_exits_3_and_keeps_curves(cli, tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------ sweeps
 def _sweep(tmp_path: Path, args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([*TRAIN, "-m", *FAST, "trainer.epochs=1", *args], cwd=tmp_path, env=cli_env(tmp_path),
-                          capture_output=True, text=True, timeout=240)
+    return subprocess.run(
+        [*TRAIN, "-m", *FAST, "trainer.epochs=1", *args],
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
 
 
 def _check_failure_record(path: Path, override: str) -> None:

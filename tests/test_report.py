@@ -23,9 +23,16 @@ def sweep_dir(tmp_path_factory):
     failed = root / "4"
     failed.mkdir()
     cfg = compose_config([*TINY_RUN, "optimizer.lr=0.5"])
-    (failed / "failure.json").write_text(json.dumps({
-        "error": "loss is NaN at epoch 1 step 3", "type": "NonFiniteLossError", "overrides": ["optimizer.lr=0.5"],
-        "config": OmegaConf.to_container(cfg, resolve=True)}))
+    (failed / "failure.json").write_text(
+        json.dumps(
+            {
+                "error": "loss is NaN at epoch 1 step 3",
+                "type": "NonFiniteLossError",
+                "overrides": ["optimizer.lr=0.5"],
+                "config": OmegaConf.to_container(cfg, resolve=True),
+            }
+        )
+    )
     killed = root / "5" / ".hydra"
     killed.mkdir(parents=True)
     (killed / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
@@ -40,8 +47,10 @@ def test_report_groups_pairs_and_tests(sweep_dir, tmp_path):
     for group in groups.values():
         assert sorted(group["seeds"]) == [0, 1]
         assert group["metrics"]["test_accuracy"]["n"] == 2
-    runs = {g["label"]: [json.loads((sweep_dir / p.rsplit("/", 1)[-1] / "metrics.json").read_text())
-                         for p in g["runs"]] for g in payload["groups"]}
+    runs = {
+        g["label"]: [json.loads((sweep_dir / p.rsplit("/", 1)[-1] / "metrics.json").read_text()) for p in g["runs"]]
+        for g in payload["groups"]
+    }
     acc_std = [m["test_accuracy"] for m in runs["mnist_cnn [standard]"]]
     acc_sep = [m["test_accuracy"] for m in runs["mnist_cnn [separable]"]]
     (pair,) = payload["pairs"]

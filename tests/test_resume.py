@@ -26,11 +26,26 @@ from dsconv.training.checkpoint import CheckpointError, load_checkpoint
 from dsconv.training.resume import find_resume_point
 from support import TINY_RUN, cli_env, compose_config, iter_tensors
 
-RUN = [*TINY_RUN, "trainer.epochs=3", "tensorboard=false", "trainer.deterministic=true",
-       "trainer.checkpoint_every_steps=2"]
-TIME_KEYS = {"train_time_s", "mean_epoch_time_s", "train_images_per_s", "test_eval_time_s", "run_dir",
-             "epoch_time_s", "images_per_s", "latency_ms_b1", "latency_ms_b1_p90", "throughput_img_s",
-             "inference_profile"}
+RUN = [
+    *TINY_RUN,
+    "trainer.epochs=3",
+    "tensorboard=false",
+    "trainer.deterministic=true",
+    "trainer.checkpoint_every_steps=2",
+]
+TIME_KEYS = {
+    "train_time_s",
+    "mean_epoch_time_s",
+    "train_images_per_s",
+    "test_eval_time_s",
+    "run_dir",
+    "epoch_time_s",
+    "images_per_s",
+    "latency_ms_b1",
+    "latency_ms_b1_p90",
+    "throughput_img_s",
+    "inference_profile",
+}
 
 FAULT_RUNNER = """
 import os, signal, sys
@@ -70,8 +85,14 @@ def _faulty_run(tmp_path: Path, run_dir: Path, kind: str, at: int, extra: list[s
     runner = tmp_path / "fault_runner.py"
     runner.write_text(FAULT_RUNNER)
     env = cli_env(tmp_path) | {"FAULT_KIND": kind, "FAULT_AT": str(at)}
-    return subprocess.run([sys.executable, str(runner), *RUN, *extra, f"hydra.run.dir={run_dir}"], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, str(runner), *RUN, *extra, f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def _train(run_dir: Path, extra: list[str] = ()) -> dict:
@@ -94,8 +115,6 @@ def baseline(tmp_path_factory) -> Path:
     return run_dir
 
 
-
-
 def assert_same_run(run_dir: Path, reference: Path) -> None:
     for name in ("last.pt", "best.pt"):
         got = torch.load(run_dir / "checkpoints" / name, weights_only=True)
@@ -109,11 +128,18 @@ def assert_same_run(run_dir: Path, reference: Path) -> None:
         for key in ("scheduler", "early_stopping", "scaler"):
             assert got[key] == want[key], f"{name} {key} differs"
         assert got["trainer"]["step"] == want["trainer"]["step"]
-    metrics = [{k: v for k, v in json.loads((d / "metrics.json").read_text()).items() if k not in TIME_KEYS}
-               for d in (run_dir, reference)]
+    metrics = [
+        {k: v for k, v in json.loads((d / "metrics.json").read_text()).items() if k not in TIME_KEYS}
+        for d in (run_dir, reference)
+    ]
     assert metrics[0] == metrics[1]
-    logs = [[{k: v for k, v in row.items() if k not in TIME_KEYS} for row in csv.DictReader((d / "training_log.csv")
-             .open())] for d in (run_dir, reference)]
+    logs = [
+        [
+            {k: v for k, v in row.items() if k not in TIME_KEYS}
+            for row in csv.DictReader((d / "training_log.csv").open())
+        ]
+        for d in (run_dir, reference)
+    ]
     assert [int(r["epoch"]) for r in logs[0]] == [1, 2, 3]
     assert logs[0] == logs[1]
 

@@ -40,8 +40,9 @@ def compare(scratch_fn, torch_fn, inputs: list[torch.Tensor], rel: float, seed: 
     assert_rel(ours, ref, rel)
     proj = torch.randn(ref.shape, generator=torch.Generator().manual_seed(seed), dtype=ref.dtype)
     needs = [t for t in inputs if t.requires_grad]
-    for g_ours, g_ref in zip(torch.autograd.grad((ours * proj).sum(), needs),
-                             torch.autograd.grad((ref * proj).sum(), needs)):
+    for g_ours, g_ref in zip(
+        torch.autograd.grad((ours * proj).sum(), needs), torch.autograd.grad((ref * proj).sum(), needs)
+    ):
         assert_rel(g_ours, g_ref, rel)
 
 
@@ -63,9 +64,21 @@ def conv_cases(draw):
     padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
     h = draw(st.integers(dilation[0] * (kh - 1) + 1, 11))
     w = draw(st.integers(dilation[1] * (kw - 1) + 1, 11))
-    return dict(n=draw(st.integers(1, 3)), cin=cin, cout=cout, kernel=(kh, kw), stride=stride,
-                padding=padding, dilation=dilation, groups=groups, h=h, w=w, bias=draw(st.booleans()),
-                channels_last=draw(st.booleans()), seed=draw(st.integers(0, 10_000)))
+    return dict(
+        n=draw(st.integers(1, 3)),
+        cin=cin,
+        cout=cout,
+        kernel=(kh, kw),
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+        h=h,
+        w=w,
+        bias=draw(st.booleans()),
+        channels_last=draw(st.booleans()),
+        seed=draw(st.integers(0, 10_000)),
+    )
 
 
 def _conv_inputs(case, dtype):
@@ -115,9 +128,17 @@ def test_conv2d_noncontiguous_input_and_nchw_grad():
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @SETTINGS
-@given(n=st.integers(1, 3), c=st.integers(1, 4), h=st.integers(3, 12), w=st.integers(3, 12),
-       k=st.tuples(st.integers(1, 3), st.integers(1, 3)), s=st.tuples(st.integers(1, 3), st.integers(1, 3)),
-       d=st.tuples(st.integers(1, 2), st.integers(1, 2)), seed=st.integers(0, 10_000), data=st.data())
+@given(
+    n=st.integers(1, 3),
+    c=st.integers(1, 4),
+    h=st.integers(3, 12),
+    w=st.integers(3, 12),
+    k=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    s=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    d=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    seed=st.integers(0, 10_000),
+    data=st.data(),
+)
 def test_max_pool2d_matches_torch(n, c, h, w, k, s, d, seed, data, dtype):
     p = (data.draw(st.integers(0, k[0] // 2)), data.draw(st.integers(0, k[1] // 2)))
     if h + 2 * p[0] < d[0] * (k[0] - 1) + 1 or w + 2 * p[1] < d[1] * (k[1] - 1) + 1:
@@ -160,8 +181,12 @@ def test_activations_dropout_flatten_layernorm_match_torch(dtype):
         ref.bias.normal_()
     ours = S.LayerNorm((5, 6), eps=1e-3, dtype=dtype)
     ours.load_state_dict(ref.state_dict())
-    compare(lambda x, w, b: SF.layer_norm(x, (5, 6), w, b, 1e-3),
-            lambda x, w, b: F.layer_norm(x, (5, 6), w, b, 1e-3), [x, ref.weight, ref.bias], rel)
+    compare(
+        lambda x, w, b: SF.layer_norm(x, (5, 6), w, b, 1e-3),
+        lambda x, w, b: F.layer_norm(x, (5, 6), w, b, 1e-3),
+        [x, ref.weight, ref.bias],
+        rel,
+    )
     assert_rel(ours(x), ref(x), rel)
     logits = randn(3, 7, dtype=dtype)
     compare(lambda t: SF.softmax(t, -1), lambda t: torch.softmax(t, -1), [logits], rel)
@@ -196,14 +221,17 @@ def test_hand_written_backwards_are_used():
     assert type(SF.softmax(x, -1).grad_fn).__name__ == "SoftmaxFunctionBackward"
 
 
-@pytest.mark.parametrize("conf", [
-    dict(cin=3, cout=4, k=(3, 3), stride=1, padding=1, dilation=1, groups=1),
-    dict(cin=4, cout=6, k=(2, 3), stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=2),
-    dict(cin=3, cout=6, k=(3, 3), stride=2, padding=2, dilation=2, groups=3),  # depthwise, multiplier 2
-    dict(cin=3, cout=3, k=(3, 3), stride=1, padding=1, dilation=1, groups=3),  # depthwise
-    dict(cin=3, cout=5, k=(1, 1), stride=1, padding=0, dilation=1, groups=1),  # pointwise, no im2col
-    dict(cin=2, cout=3, k=(2, 2), stride=2, padding=0, dilation=1, groups=1),  # non-overlapping col2im
-])
+@pytest.mark.parametrize(
+    "conf",
+    [
+        dict(cin=3, cout=4, k=(3, 3), stride=1, padding=1, dilation=1, groups=1),
+        dict(cin=4, cout=6, k=(2, 3), stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=2),
+        dict(cin=3, cout=6, k=(3, 3), stride=2, padding=2, dilation=2, groups=3),  # depthwise, multiplier 2
+        dict(cin=3, cout=3, k=(3, 3), stride=1, padding=1, dilation=1, groups=3),  # depthwise
+        dict(cin=3, cout=5, k=(1, 1), stride=1, padding=0, dilation=1, groups=1),  # pointwise, no im2col
+        dict(cin=2, cout=3, k=(2, 2), stride=2, padding=0, dilation=1, groups=1),  # non-overlapping col2im
+    ],
+)
 def test_gradcheck_conv2d(conf):
     x = randn(2, conf["cin"], 6, 7)
     w = randn(conf["cout"], conf["cin"] // conf["groups"], *conf["k"], seed=1)
@@ -216,7 +244,7 @@ def test_gradcheck_linear_maxpool_relu():
     assert torch.autograd.gradcheck(SF.linear, (randn(2, 3, 4), randn(5, 4, seed=1), randn(5, seed=2)))
     assert torch.autograd.gradcheck(lambda x, w: SF.linear(x, w), (randn(3, 4), randn(2, 4, seed=1)))
     # Distinct values a few gradcheck-steps apart so the finite differences never flip an arg-max.
-    x = (torch.randperm(2 * 3 * 7 * 6, generator=torch.Generator().manual_seed(0)).double() / 10)
+    x = torch.randperm(2 * 3 * 7 * 6, generator=torch.Generator().manual_seed(0)).double() / 10
     x = x.view(2, 3, 7, 6).requires_grad_()
     assert torch.autograd.gradcheck(lambda x: SF.max_pool2d(x, 3, 2, 1), (x,))
     assert torch.autograd.gradcheck(lambda x: SF.max_pool2d(x, (2, 3), (1, 2), 0, (2, 1)), (x,))
@@ -233,13 +261,16 @@ def test_gradcheck_softmax_and_layer_norm():
     assert torch.autograd.gradcheck(lambda x: SF.layer_norm(x, (5,), None, None, 1e-5), (x,))
 
 
-@pytest.mark.parametrize("build", [
-    lambda m: m.Conv2d(16, 32, 3),
-    lambda m: m.Conv2d(6, 12, (2, 3), groups=3),
-    lambda m: m.Linear(300, 10),
-    lambda m: m.LayerNorm(7),
-    lambda m: m.MultiheadAttention(16, 4) if m is nn else m.MultiHeadAttention(16, 4),
-])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda m: m.Conv2d(16, 32, 3),
+        lambda m: m.Conv2d(6, 12, (2, 3), groups=3),
+        lambda m: m.Linear(300, 10),
+        lambda m: m.LayerNorm(7),
+        lambda m: m.MultiheadAttention(16, 4) if m is nn else m.MultiHeadAttention(16, 4),
+    ],
+)
 def test_default_init_draws_what_torch_draws(build):
     # Same RNG stream and bounds as torch.nn's reset_parameters: equal seeds give equal weights.
     torch.manual_seed(0)
@@ -255,10 +286,22 @@ def test_default_init_draws_what_torch_draws(build):
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_traced_forward_counts_the_real_macs():
     # fvcore traces the model; the scratch ops must show it their matmuls.
-    model = nn.Sequential(S.Conv2d(3, 8, 3, padding=1), S.ReLU(), S.MaxPool2d(2),
-                          S.Conv2d(8, 8, 3, padding=1, groups=8), S.Flatten(), S.Linear(8 * 8 * 8, 10))
-    twin = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Flatten(), nn.Linear(8 * 8 * 8, 10))
+    model = nn.Sequential(
+        S.Conv2d(3, 8, 3, padding=1),
+        S.ReLU(),
+        S.MaxPool2d(2),
+        S.Conv2d(8, 8, 3, padding=1, groups=8),
+        S.Flatten(),
+        S.Linear(8 * 8 * 8, 10),
+    )
+    twin = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),
+        nn.Flatten(),
+        nn.Linear(8 * 8 * 8, 10),
+    )
     twin.load_state_dict(model.state_dict())
     macs = 16 * 16 * 8 * 3 * 9 + 8 * 8 * 8 * 9 + 8 * 8 * 8 * 10
     assert count_macs(model, (3, 16, 16)) == count_macs(twin, (3, 16, 16)) == macs
@@ -289,8 +332,11 @@ def test_workspace_is_reused_and_can_be_freed():
 def test_autocast_casts_like_torch_and_backward_runs():
     # The scratch Functions must see one dtype in forward and backward under autocast.
     torch.manual_seed(0)
-    pairs = [(nn.Conv2d(3, 8, 3, padding=1), S.Conv2d(3, 8, 3, padding=1)), (nn.Linear(10, 8), S.Linear(10, 8)),
-             (nn.LayerNorm(10), S.LayerNorm(10))]
+    pairs = [
+        (nn.Conv2d(3, 8, 3, padding=1), S.Conv2d(3, 8, 3, padding=1)),
+        (nn.Linear(10, 8), S.Linear(10, 8)),
+        (nn.LayerNorm(10), S.LayerNorm(10)),
+    ]
     for ref, ours in pairs:
         ours.load_state_dict(ref.state_dict())
         x = torch.randn(2, 3, 6, 10)
@@ -304,26 +350,29 @@ def test_autocast_casts_like_torch_and_backward_runs():
         assert SF.softmax(torch.randn(3, 4).bfloat16(), -1).dtype == torch.float32
 
 
-@pytest.mark.parametrize("build, match", [
-    (lambda: S.Conv2d(3, 4, 3, groups=2), "divisible by groups"),
-    (lambda: S.Conv2d(4, 4, 3, padding_mode="reflect"), "padding_mode"),
-    (lambda: S.Conv2d(4, 4, 3, padding="full"), "padding"),
-    (lambda: S.Conv2d(4, 4, 3, stride=2, padding="same"), "strided"),
-    (lambda: S.Conv2d(4, 4, 0), "kernel_size"),
-    (lambda: S.Conv2d(4, 4, 3, stride=(1, 0)), "stride"),
-    (lambda: S.Conv2d(4, 4, 3, padding=-1), "padding"),
-    (lambda: S.Conv2d(4, 4, 3)(torch.randn(1, 4, 2, 5)), "smaller than the dilated kernel"),
-    (lambda: S.Conv2d(4, 4, 3)(torch.randn(1, 3, 5, 5)), "channels"),
-    (lambda: S.Conv2d(4, 4, 3)(torch.randn(4, 5, 5)), "4-D"),
-    (lambda: S.MaxPool2d(2, padding=2), "half the kernel"),
-    (lambda: S.MaxPool2d(2, ceil_mode=True), "ceil_mode"),
-    (lambda: S.Linear(0, 3), "in_features"),
-    (lambda: S.Linear(4, 3)(torch.randn(2, 5)), "features"),
-    (lambda: S.Dropout(1.5), "probability"),
-    (lambda: S.ReLU(inplace=True), "out of place"),
-    (lambda: S.GELU("tanh"), "approximate"),
-    (lambda: S.LayerNorm(4)(torch.randn(2, 5)), "LayerNorm"),
-])
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: S.Conv2d(3, 4, 3, groups=2), "divisible by groups"),
+        (lambda: S.Conv2d(4, 4, 3, padding_mode="reflect"), "padding_mode"),
+        (lambda: S.Conv2d(4, 4, 3, padding="full"), "padding"),
+        (lambda: S.Conv2d(4, 4, 3, stride=2, padding="same"), "strided"),
+        (lambda: S.Conv2d(4, 4, 0), "kernel_size"),
+        (lambda: S.Conv2d(4, 4, 3, stride=(1, 0)), "stride"),
+        (lambda: S.Conv2d(4, 4, 3, padding=-1), "padding"),
+        (lambda: S.Conv2d(4, 4, 3)(torch.randn(1, 4, 2, 5)), "smaller than the dilated kernel"),
+        (lambda: S.Conv2d(4, 4, 3)(torch.randn(1, 3, 5, 5)), "channels"),
+        (lambda: S.Conv2d(4, 4, 3)(torch.randn(4, 5, 5)), "4-D"),
+        (lambda: S.MaxPool2d(2, padding=2), "half the kernel"),
+        (lambda: S.MaxPool2d(2, ceil_mode=True), "ceil_mode"),
+        (lambda: S.Linear(0, 3), "in_features"),
+        (lambda: S.Linear(4, 3)(torch.randn(2, 5)), "features"),
+        (lambda: S.Dropout(1.5), "probability"),
+        (lambda: S.ReLU(inplace=True), "out of place"),
+        (lambda: S.GELU("tanh"), "approximate"),
+        (lambda: S.LayerNorm(4)(torch.randn(2, 5)), "LayerNorm"),
+    ],
+)
 def test_bad_arguments_raise_value_error(build, match):
     with pytest.raises(ValueError, match=match):
         build()

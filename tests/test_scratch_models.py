@@ -5,7 +5,6 @@ config handling, and a short training smoke run."""
 from __future__ import annotations
 
 import functools
-import pathlib
 
 import pytest
 import torch
@@ -15,10 +14,11 @@ from omegaconf import OmegaConf
 from dsconv import scratch as S
 from dsconv.errors import ConfigError
 from dsconv.evaluation.complexity import count_macs, count_params
+from dsconv.paths import CONF_DIR
 from dsconv.registry import build_model, registered_models
 
 torch.set_num_threads(1)
-CONF = pathlib.Path(__file__).resolve().parents[1] / "conf" / "model"
+CONF = CONF_DIR / "model"
 RELU = functools.partial(nn.ReLU)
 
 
@@ -30,8 +30,14 @@ def cnn_params(cin=1, channels=(16, 32, 64), k=3, hidden=128, classes=10, side=2
 
 def vit_params(cin=1, patch=4, dim=64, depth=4, ff=128, classes=10, cls=True, final_norm=True):
     layer = (3 * dim * dim + 3 * dim) + (dim * dim + dim) + (dim * ff + ff) + (ff * dim + dim) + 4 * dim
-    return (cin * patch * patch * dim + dim) + (dim if cls else 0) + depth * layer \
-        + (2 * dim if final_norm else 0) + dim * classes + classes
+    return (
+        (cin * patch * patch * dim + dim)
+        + (dim if cls else 0)
+        + depth * layer
+        + (2 * dim if final_norm else 0)
+        + dim * classes
+        + classes
+    )
 
 
 def vit_macs(tokens=50, patches=49, cin=1, patch=4, dim=64, depth=4, ff=128, classes=10):
@@ -44,10 +50,21 @@ def torch_cnn(model: nn.Module) -> nn.Module:
     """The torch.nn network with the same structure, for a scratch CNN (convs, pools, linears...)."""
     twin = nn.Module()
     swap = {
-        S.Conv2d: lambda m: nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
-                                      m.dilation, m.groups, bias=m.bias is not None),
-        S.ReLU: lambda m: nn.ReLU(), S.GELU: lambda m: nn.GELU(), S.MaxPool2d: lambda m: nn.MaxPool2d(2),
-        S.Flatten: lambda m: nn.Flatten(), S.Dropout: lambda m: nn.Dropout(m.p),
+        S.Conv2d: lambda m: nn.Conv2d(
+            m.in_channels,
+            m.out_channels,
+            m.kernel_size,
+            m.stride,
+            m.padding,
+            m.dilation,
+            m.groups,
+            bias=m.bias is not None,
+        ),
+        S.ReLU: lambda m: nn.ReLU(),
+        S.GELU: lambda m: nn.GELU(),
+        S.MaxPool2d: lambda m: nn.MaxPool2d(2),
+        S.Flatten: lambda m: nn.Flatten(),
+        S.Dropout: lambda m: nn.Dropout(m.p),
         S.Linear: lambda m: nn.Linear(m.in_features, m.out_features),
     }
     twin.features = nn.Sequential(*(swap[type(m)](m) for m in model.features))
@@ -65,10 +82,10 @@ class TorchViT(nn.Module):
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv2d(cin, dim, patch, stride=patch)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        layer = nn.TransformerEncoderLayer(dim, heads, ff, dropout=0.0, batch_first=True,
-                                           norm_first=norm_first)
-        self.encoder = nn.TransformerEncoder(layer, depth, norm=nn.LayerNorm(dim) if norm_first else None,
-                                             enable_nested_tensor=False)
+        layer = nn.TransformerEncoderLayer(dim, heads, ff, dropout=0.0, batch_first=True, norm_first=norm_first)
+        self.encoder = nn.TransformerEncoder(
+            layer, depth, norm=nn.LayerNorm(dim) if norm_first else None, enable_nested_tensor=False
+        )
         self.head = nn.Linear(dim, classes)
         self.register_buffer("pe", S.sinusoidal_table(64, dim).float(), persistent=False)
 
@@ -118,8 +135,20 @@ def test_scratch_transformer_counts():
     model = build_model(OmegaConf.load(CONF / "scratch_transformer.yaml"), (1, 28, 28), 10, act_layer=RELU)
     assert count_params(model).total == vit_params() == 135_818
     assert count_macs(model, (1, 28, 28)) == vit_macs() == 7_884_416
-    mean_pool = build_model({"name": "scratch_transformer", "pool": "mean", "norm_first": False, "dim": 32,
-                             "heads": 2, "depth": 2, "mlp_ratio": 3}, (3, 32, 32), 10, act_layer=RELU)
+    mean_pool = build_model(
+        {
+            "name": "scratch_transformer",
+            "pool": "mean",
+            "norm_first": False,
+            "dim": 32,
+            "heads": 2,
+            "depth": 2,
+            "mlp_ratio": 3,
+        },
+        (3, 32, 32),
+        10,
+        act_layer=RELU,
+    )
     expected = vit_params(cin=3, dim=32, depth=2, ff=96, cls=False, final_norm=False)
     assert count_params(mean_pool).total == expected
     assert mean_pool(torch.randn(2, 3, 32, 32)).shape == (2, 10)
@@ -136,8 +165,15 @@ def test_scratch_cnn_equals_its_torch_twin(conv):
 @pytest.mark.parametrize("norm_first", [True, False])
 def test_scratch_transformer_equals_its_torch_twin(norm_first):
     torch.manual_seed(0)
-    options = {"patch_size": 7, "dim": 32, "depth": 2, "heads": 4, "mlp_ratio": 2.0, "dropout": 0.0,
-               "norm_first": norm_first}
+    options = {
+        "patch_size": 7,
+        "dim": 32,
+        "depth": 2,
+        "heads": 4,
+        "mlp_ratio": 2.0,
+        "dropout": 0.0,
+        "norm_first": norm_first,
+    }
     model = build_model({"name": "scratch_transformer", **options}, (1, 28, 28), 10, act_layer=RELU)
     twin = TorchViT(1, 7, 32, 2, 4, 64, 10, norm_first=norm_first)
     twin.load_state_dict(model.state_dict())
@@ -216,21 +252,25 @@ def test_activation_mapping():
     with pytest.raises(ConfigError, match="no scratch twin"):
         build_model({"name": "scratch_cnn"}, (1, 28, 28), 10, act_layer=functools.partial(nn.SiLU))
     with pytest.raises(ConfigError, match="no scratch twin"):
-        build_model({"name": "scratch_transformer"}, (1, 28, 28), 10,
-                    act_layer=functools.partial(nn.GELU, approximate="tanh"))
+        build_model(
+            {"name": "scratch_transformer"}, (1, 28, 28), 10, act_layer=functools.partial(nn.GELU, approximate="tanh")
+        )
 
 
-@pytest.mark.parametrize("cfg, match", [
-    ({"name": "scratch_cnn", "filters": [8, 8, 8]}, "unknown option"),
-    ({"name": "scratch_transformer", "patch": 4}, "unknown option"),
-    ({"name": "scratch_cnn", "conv": "dilated"}, "standard"),
-    ({"name": "scratch_cnn", "conv": ["standard"]}, "one conv kind per stage"),
-    ({"name": "scratch_cnn", "kernel_size": 4}, "odd"),
-    ({"name": "scratch_cnn", "channels": [8, 8, 8, 8, 8]}, "too small"),
-    ({"name": "scratch_transformer", "patch_size": 5}, "divisible"),
-    ({"name": "scratch_transformer", "dim": 30, "heads": 4}, "divisible by heads"),
-    ({"name": "scratch_transformer", "pool": "max"}, "pool"),
-])
+@pytest.mark.parametrize(
+    "cfg, match",
+    [
+        ({"name": "scratch_cnn", "filters": [8, 8, 8]}, "unknown option"),
+        ({"name": "scratch_transformer", "patch": 4}, "unknown option"),
+        ({"name": "scratch_cnn", "conv": "dilated"}, "standard"),
+        ({"name": "scratch_cnn", "conv": ["standard"]}, "one conv kind per stage"),
+        ({"name": "scratch_cnn", "kernel_size": 4}, "odd"),
+        ({"name": "scratch_cnn", "channels": [8, 8, 8, 8, 8]}, "too small"),
+        ({"name": "scratch_transformer", "patch_size": 5}, "divisible"),
+        ({"name": "scratch_transformer", "dim": 30, "heads": 4}, "divisible by heads"),
+        ({"name": "scratch_transformer", "pool": "max"}, "pool"),
+    ],
+)
 def test_bad_model_options_raise_config_error(cfg, match):
     with pytest.raises(ConfigError, match=match):
         build_model(cfg, (1, 28, 28), 10, act_layer=RELU)

@@ -45,10 +45,10 @@ def check_module(ref, ours, call, inputs, rel, outputs=lambda out: out):
     names = [n for n, _ in ref.named_parameters()]
     ours_params = dict(ours.named_parameters())
     assert sorted(names) == sorted(ours_params)
-    g_ref = torch.autograd.grad((out_ref * proj).sum(), leaves + [p for _, p in ref.named_parameters()],
-                                allow_unused=True)
-    g_ours = torch.autograd.grad((out_ours * proj).sum(), leaves + [ours_params[n] for n in names],
-                                 allow_unused=True)
+    g_ref = torch.autograd.grad(
+        (out_ref * proj).sum(), leaves + [p for _, p in ref.named_parameters()], allow_unused=True
+    )
+    g_ours = torch.autograd.grad((out_ours * proj).sum(), leaves + [ours_params[n] for n in names], allow_unused=True)
     for a, b in zip(g_ours, g_ref):
         assert (a is None) == (b is None)  # e.g. out_proj does not reach the attention weights
         if a is not None:
@@ -80,11 +80,11 @@ def test_self_attention_matches_torch(dtype, batch_first, mask):
         "per_head": {"attn_mask": torch.randn(n * H, length, length, dtype=dtype, generator=gen)},
         "padding": {"key_padding_mask": padding},
         "both": {"attn_mask": bool_mask, "key_padding_mask": padding},
-        "causal": {"attn_mask": nn.Transformer.generate_square_subsequent_mask(length, dtype=dtype),
-                   "is_causal": True},
+        "causal": {"attn_mask": nn.Transformer.generate_square_subsequent_mask(length, dtype=dtype), "is_causal": True},
     }[mask]
     for average in (True, False):
         for which in (0, 1):  # attention output, then attention weights
+
             def call(m, x, average=average, which=which):
                 return m(x, x, x, average_attn_weights=average, **kwargs)[which]
 
@@ -125,8 +125,15 @@ def test_attention_dropout_is_off_in_eval_mode():
 @pytest.mark.parametrize("norm_first", [False, True])
 @pytest.mark.parametrize("activation", ["relu", "gelu"])
 def test_encoder_layer_matches_torch(dtype, norm_first, activation):
-    kwargs = dict(dim_feedforward=32, dropout=0.0, activation=activation, batch_first=True,
-                  norm_first=norm_first, layer_norm_eps=1e-6, dtype=dtype)
+    kwargs = dict(
+        dim_feedforward=32,
+        dropout=0.0,
+        activation=activation,
+        batch_first=True,
+        norm_first=norm_first,
+        layer_norm_eps=1e-6,
+        dtype=dtype,
+    )
     ref = nn.TransformerEncoderLayer(E, H, **kwargs)
     ours = copied(ref, S.TransformerEncoderLayer(E, H, **kwargs))
     x = randn(3, 7, E, dtype=dtype)
@@ -138,10 +145,16 @@ def test_encoder_layer_matches_torch(dtype, norm_first, activation):
 
 def test_encoder_stack_matches_torch_for_any_length_and_batch():
     kwargs = dict(dim_feedforward=24, dropout=0.0, batch_first=False, norm_first=True, dtype=torch.float64)
-    ref = nn.TransformerEncoder(nn.TransformerEncoderLayer(E, H, **kwargs), 2,
-                                norm=nn.LayerNorm(E, dtype=torch.float64), enable_nested_tensor=False)
-    ours = copied(ref, S.TransformerEncoder(S.TransformerEncoderLayer(E, H, **kwargs), 2,
-                                            norm=S.LayerNorm(E, dtype=torch.float64)))
+    ref = nn.TransformerEncoder(
+        nn.TransformerEncoderLayer(E, H, **kwargs),
+        2,
+        norm=nn.LayerNorm(E, dtype=torch.float64),
+        enable_nested_tensor=False,
+    )
+    ours = copied(
+        ref,
+        S.TransformerEncoder(S.TransformerEncoderLayer(E, H, **kwargs), 2, norm=S.LayerNorm(E, dtype=torch.float64)),
+    )
     for length, batch in ((1, 1), (5, 2), (11, 4)):
         check_module(ref, ours, lambda m, x: m(x), [randn(length, batch, E, seed=length)], 1e-10)
     ref.load_state_dict(ours.state_dict())  # and back
@@ -219,16 +232,19 @@ def _self_attend(**masks):
     return S.MultiHeadAttention(8, 2)(x, x, x, **masks)
 
 
-@pytest.mark.parametrize("build, match", [
-    (lambda: S.MultiHeadAttention(10, 3), "multiple of num_heads"),
-    (lambda: S.MultiHeadAttention(8, 2, add_bias_kv=True), "add_bias_kv"),
-    (lambda: S.MultiHeadAttention(8, 2, kdim=4), "kdim"),
-    (lambda: S.TransformerEncoderLayer(8, 2, activation="tanh"), "activation"),
-    (lambda: S.TransformerEncoder(S.TransformerEncoderLayer(8, 2), 0), "num_layers"),
-    (lambda: _self_attend(attn_mask=torch.zeros(2, 2)), "attn_mask"),
-    (lambda: _self_attend(key_padding_mask=torch.zeros(3, 2, dtype=torch.bool)), "key_padding"),
-    (lambda: _self_attend(attn_mask=torch.zeros(3, 3, dtype=torch.int64)), "bool or floating"),
-])
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: S.MultiHeadAttention(10, 3), "multiple of num_heads"),
+        (lambda: S.MultiHeadAttention(8, 2, add_bias_kv=True), "add_bias_kv"),
+        (lambda: S.MultiHeadAttention(8, 2, kdim=4), "kdim"),
+        (lambda: S.TransformerEncoderLayer(8, 2, activation="tanh"), "activation"),
+        (lambda: S.TransformerEncoder(S.TransformerEncoderLayer(8, 2), 0), "num_layers"),
+        (lambda: _self_attend(attn_mask=torch.zeros(2, 2)), "attn_mask"),
+        (lambda: _self_attend(key_padding_mask=torch.zeros(3, 2, dtype=torch.bool)), "key_padding"),
+        (lambda: _self_attend(attn_mask=torch.zeros(3, 3, dtype=torch.int64)), "bool or floating"),
+    ],
+)
 def test_bad_arguments_raise_value_error(build, match):
     with pytest.raises(ValueError, match=match):
         build()

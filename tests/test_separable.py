@@ -19,9 +19,22 @@ from dsconv.layers.activations import activation_names
 torch.set_num_threads(1)
 
 
-def expected_params(cin, cout, k, *, stride=1, depth_multiplier=1, bias=True, norm=None, depthwise_scale=None,
-                    learnable_scale=False, normalize_weights=False, learnable_gain=False, skip=False,
-                    se_ratio=None):
+def expected_params(
+    cin,
+    cout,
+    k,
+    *,
+    stride=1,
+    depth_multiplier=1,
+    bias=True,
+    norm=None,
+    depthwise_scale=None,
+    learnable_scale=False,
+    normalize_weights=False,
+    learnable_gain=False,
+    skip=False,
+    se_ratio=None,
+):
     mid = cin * depth_multiplier
     total = mid * k * k + mid * cout + (cout if bias else 0)
     if norm:
@@ -56,8 +69,16 @@ def test_parameter_counts_for_every_option_combination():
     )
     checked = 0
     for (cin, cout, stride, k), dm, bias, norm, (scale, learn), (nw, gain), skip, se in grid:
-        options = dict(depth_multiplier=dm, norm=norm, depthwise_scale=scale, learnable_scale=learn,
-                       normalize_weights=nw, learnable_gain=gain, skip=skip, se_ratio=se)
+        options = dict(
+            depth_multiplier=dm,
+            norm=norm,
+            depthwise_scale=scale,
+            learnable_scale=learn,
+            normalize_weights=nw,
+            learnable_gain=gain,
+            skip=skip,
+            se_ratio=se,
+        )
         layer = SeparableConv2d(cin, cout, k, stride, k // 2, bias=bias, **options)
         expected = expected_params(cin, cout, k, stride=stride, bias=bias, **options)
         assert n_params(layer) == expected, (cin, cout, stride, k, bias, options)
@@ -97,13 +118,12 @@ GEOMETRIES = [
 
 @pytest.mark.parametrize("depth_multiplier", [1, 3])
 @pytest.mark.parametrize(("kernel", "stride", "padding", "dilation", "padding_mode"), GEOMETRIES)
-def test_equals_dense_conv_with_factored_kernel(
-    kernel, stride, padding, dilation, padding_mode, depth_multiplier
-):
+def test_equals_dense_conv_with_factored_kernel(kernel, stride, padding, dilation, padding_mode, depth_multiplier):
     torch.manual_seed(0)
     cin, cout = 3, 4
-    layer = SeparableConv2d(cin, cout, kernel, stride, padding, dilation, padding_mode=padding_mode,
-                            depth_multiplier=depth_multiplier).double()
+    layer = SeparableConv2d(
+        cin, cout, kernel, stride, padding, dilation, padding_mode=padding_mode, depth_multiplier=depth_multiplier
+    ).double()
     dense = nn.Conv2d(cin, cout, kernel, stride, padding, dilation, padding_mode=padding_mode).double()
     with torch.no_grad():
         dense.weight.copy_(dense_kernel(layer))
@@ -203,9 +223,7 @@ def test_identity_skip_adds_the_input():
     torch.testing.assert_close(layer(x), x)  # relu(0) + x
 
 
-@pytest.mark.parametrize(
-    ("cin", "cout", "stride", "norm"), [(4, 6, 1, None), (4, 4, 2, None), (3, 5, 2, "batch")]
-)
+@pytest.mark.parametrize(("cin", "cout", "stride", "norm"), [(4, 6, 1, None), (4, 4, 2, None), (3, 5, 2, "batch")])
 def test_projection_skip_adds_a_strided_1x1_projection(cin, cout, stride, norm):
     torch.manual_seed(0)
     layer = SeparableConv2d(cin, cout, 3, stride, padding=1, skip=True, norm=norm).eval()
@@ -246,9 +264,18 @@ GRADCHECK_OPTIONS = [
     {"skip": True, "stride": 2, "norm": "batch"},
     {"se_ratio": 0.5},
     {"padding_mode": "reflect", "dilation": 2, "padding": 2},
-    {"depth_multiplier": 2, "norm": "batch", "depthwise_scale": 1.1, "learnable_scale": True,
-     "normalize_weights": True, "learnable_gain": True, "depthwise_activation": "silu",
-     "pointwise_activation": "tanh", "skip": True, "se_ratio": 0.5},
+    {
+        "depth_multiplier": 2,
+        "norm": "batch",
+        "depthwise_scale": 1.1,
+        "learnable_scale": True,
+        "normalize_weights": True,
+        "learnable_gain": True,
+        "depthwise_activation": "silu",
+        "pointwise_activation": "tanh",
+        "skip": True,
+        "se_ratio": 0.5,
+    },
 ]
 
 
@@ -291,9 +318,18 @@ def test_fvcore_macs_match_the_formula(cin, cout, k, stride, dilation, dm, skip,
 
 def test_state_dict_round_trip_with_every_option():
     torch.manual_seed(0)
-    options = dict(depth_multiplier=2, norm="batch", depthwise_scale=0.8, learnable_scale=True,
-                   normalize_weights=True, learnable_gain=True, skip=True, se_ratio=0.5,
-                   depthwise_activation="relu", pointwise_activation="relu")
+    options = dict(
+        depth_multiplier=2,
+        norm="batch",
+        depthwise_scale=0.8,
+        learnable_scale=True,
+        normalize_weights=True,
+        learnable_gain=True,
+        skip=True,
+        se_ratio=0.5,
+        depthwise_activation="relu",
+        pointwise_activation="relu",
+    )
     source = SeparableConv2d(3, 4, 3, 2, 1, **options)
     optimizer = torch.optim.SGD(source.parameters(), lr=0.1)
     for _ in range(2):  # move weights, gains, scale and BN statistics away from their initial values
@@ -308,11 +344,21 @@ def test_state_dict_round_trip_with_every_option():
 
 
 def test_extra_repr_is_readable():
-    text = repr(SeparableConv2d(4, 8, 3, 2, 1, bias=False, depth_multiplier=2, normalize_weights=True,
-                                skip=True, depthwise_scale=1.2))
+    text = repr(
+        SeparableConv2d(
+            4, 8, 3, 2, 1, bias=False, depth_multiplier=2, normalize_weights=True, skip=True, depthwise_scale=1.2
+        )
+    )
     first = text.splitlines()[1]
-    for piece in ("4, 8, kernel_size=(3, 3)", "stride=(2, 2)", "padding=(1, 1)", "bias=False",
-                  "depth_multiplier=2", "normalize_weights=True", "skip=projection"):
+    for piece in (
+        "4, 8, kernel_size=(3, 3)",
+        "stride=(2, 2)",
+        "padding=(1, 1)",
+        "bias=False",
+        "depth_multiplier=2",
+        "normalize_weights=True",
+        "skip=projection",
+    ):
         assert piece in first, piece
     assert "Scale(1.2, learnable=False)" in text
     assert "skip=identity" in repr(SeparableConv2d(4, 4, 3, padding="same", skip=True))

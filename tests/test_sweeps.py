@@ -21,10 +21,14 @@ def test_experiments_compose(name):
     validate_config(cfg)
 
 
-def test_seed002_experiment_matches_the_seed():
-    cfg = compose_config(["experiment=seed002_cifar10_cnn_vs_depthwise"])
-    assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == \
-        ("sgd", 0.1, 0.9, 1e-4)
+def test_cifar10_cnn_pair_experiment_matches_its_document():
+    cfg = compose_config(["experiment=cifar10_cnn_pair"])
+    assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (
+        "sgd",
+        0.1,
+        0.9,
+        1e-4,
+    )
     assert (cfg.trainer.batch_size, cfg.trainer.epochs, cfg.dataset.name) == (128, 10, "cifar10")
 
 
@@ -34,15 +38,26 @@ def test_sweep_presets_compose(name):
 
 
 def _run(args, tmp_path, timeout=300):
-    return subprocess.run(TRAIN + args, cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        TRAIN + args, cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.mark.slow
 def test_optuna_three_trials_optimise_validation_metric(tmp_path):
     sweep = tmp_path / "optuna"
-    result = _run(["-m", "+hparams_search=optuna", "hydra.sweeper.n_trials=3", *TINY_RUN, "trainer.epochs=1",
-                   f"hydra.sweep.dir={sweep}", "tensorboard=false"], tmp_path)
+    result = _run(
+        [
+            "-m",
+            "+hparams_search=optuna",
+            "hydra.sweeper.n_trials=3",
+            *TINY_RUN,
+            "trainer.epochs=1",
+            f"hydra.sweep.dir={sweep}",
+            "tensorboard=false",
+        ],
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     runs = sorted(sweep.glob("*/metrics.json"))
     assert len(runs) == 3
@@ -54,8 +69,19 @@ def test_optuna_three_trials_optimise_validation_metric(tmp_path):
 @pytest.mark.slow
 def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
     sweep = tmp_path / "joblib"
-    result = _run(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY_RUN, "trainer.epochs=1",
-                   "trainer.seed=0,1", f"hydra.sweep.dir={sweep}", "tensorboard=false"], tmp_path)
+    result = _run(
+        [
+            "-m",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            *TINY_RUN,
+            "trainer.epochs=1",
+            "trainer.seed=0,1",
+            f"hydra.sweep.dir={sweep}",
+            "tensorboard=false",
+        ],
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     seeds = sorted(json.loads(p.read_text())["seed"] for p in sweep.glob("*/metrics.json"))
     assert seeds == [0, 1]
@@ -64,9 +90,20 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
 @pytest.mark.slow
 def test_submitit_local_launcher(tmp_path):
     sweep = tmp_path / "submitit"
-    result = _run(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", *TINY_RUN,
-                   "trainer.epochs=1", "model.conv=standard,separable", f"hydra.sweep.dir={sweep}",
-                   "tensorboard=false"], tmp_path, timeout=400)
+    result = _run(
+        [
+            "-m",
+            "hydra/launcher=submitit_local",
+            "hydra.launcher.timeout_min=5",
+            *TINY_RUN,
+            "trainer.epochs=1",
+            "model.conv=standard,separable",
+            f"hydra.sweep.dir={sweep}",
+            "tensorboard=false",
+        ],
+        tmp_path,
+        timeout=400,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(list(sweep.glob("*/metrics.json"))) == 2
 

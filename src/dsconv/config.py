@@ -18,9 +18,21 @@ from dsconv.errors import ConfigError
 PRECISIONS = ("fp32", "bf16", "fp16")
 NAN_POLICIES = ("stop", "skip")
 # Keys whose change makes a checkpoint meaningless for this run (used by resume checks).
-TRAINING_KEYS = ("dataset", "model", "optimizer", "scheduler", "activation", "trainer.batch_size",
-                 "trainer.epochs", "trainer.seed", "trainer.precision", "trainer.grad_clip",
-                 "trainer.deterministic", "trainer.early_stopping", "trainer.fast")
+TRAINING_KEYS = (
+    "dataset",
+    "model",
+    "optimizer",
+    "scheduler",
+    "activation",
+    "trainer.batch_size",
+    "trainer.epochs",
+    "trainer.seed",
+    "trainer.precision",
+    "trainer.grad_clip",
+    "trainer.deterministic",
+    "trainer.early_stopping",
+    "trainer.fast",
+)
 # Inside TRAINING_KEYS, but changing them cannot change what is trained.
 RESUME_IGNORED = ("dataset.download",)
 
@@ -62,8 +74,9 @@ def validate_config(cfg: DictConfig) -> None:
     if monitor not in ("val_acc", "val_loss"):
         raise ConfigError(f"trainer.early_stopping.monitor={monitor!r}: choose val_acc or val_loss")
     if trainer.get("grad_clip") is not None:
-        _require_number(trainer.grad_clip, "trainer.grad_clip", minimum=0.0, strict=True,
-                        hint="use a positive max norm or null")
+        _require_number(
+            trainer.grad_clip, "trainer.grad_clip", minimum=0.0, strict=True, hint="use a positive max norm or null"
+        )
     _validate_reliability(trainer)
 
 
@@ -74,8 +87,10 @@ def _validate_model_shape(model: DictConfig) -> None:
         padding = (model.get("conv_options") or {}).get("padding")
         # The models pad by (k - 1) // 2, which keeps H x W only for odd k.
         if kernel % 2 == 0 and padding is None:
-            raise ConfigError(f"model.kernel_size={kernel} is even: 'same' padding is impossible with the default "
-                              "(k - 1) // 2 padding; use an odd kernel size (3, 5, 7)")
+            raise ConfigError(
+                f"model.kernel_size={kernel} is even: 'same' padding is impossible with the default "
+                "(k - 1) // 2 padding; use an odd kernel size (3, 5, 7)"
+            )
     if "growth_rate" in model:
         _require_int(model.growth_rate, "model.growth_rate", minimum=1)
 
@@ -86,8 +101,10 @@ def _validate_dataset(dataset: DictConfig) -> None:
     if "num_train" in dataset:
         _require_int(dataset.num_train, "dataset.num_train", minimum=2)
         if dataset.val_size >= dataset.num_train:
-            raise ConfigError(f"dataset.val_size={dataset.val_size} must be smaller than dataset.num_train="
-                              f"{dataset.num_train}: the validation split is carved out of the training set")
+            raise ConfigError(
+                f"dataset.val_size={dataset.val_size} must be smaller than dataset.num_train="
+                f"{dataset.num_train}: the validation split is carved out of the training set"
+            )
 
 
 def _validate_reliability(trainer: DictConfig) -> None:

@@ -55,8 +55,9 @@ def launch_env() -> LaunchEnv | None:
     if not all(key in env for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK")) or int(env["WORLD_SIZE"]) <= 1:
         return None
     world = int(env["WORLD_SIZE"])
-    return LaunchEnv(int(env["RANK"]), world, int(env["LOCAL_RANK"]), int(env.get("LOCAL_WORLD_SIZE", world)),
-                     "torchrun")
+    return LaunchEnv(
+        int(env["RANK"]), world, int(env["LOCAL_RANK"]), int(env.get("LOCAL_WORLD_SIZE", world)), "torchrun"
+    )
 
 
 def submitit_env() -> LaunchEnv | None:
@@ -185,8 +186,12 @@ def init(env: LaunchEnv, *, leads_followers: bool = False) -> DistContext:
         return _CURRENT
     if not dist.is_initialized():
         cuda = torch.cuda.is_available() and dist.is_nccl_available()
-        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if cuda else "gloo", init_method="env://",
-                                rank=env.rank, world_size=env.world_size)
+        dist.init_process_group(
+            backend="cpu:gloo,cuda:nccl" if cuda else "gloo",
+            init_method="env://",
+            rank=env.rank,
+            world_size=env.world_size,
+        )
         atexit.register(shutdown)
     _CURRENT = DistContext(env, leads_followers)
     if env.rank != 0:
@@ -226,8 +231,13 @@ def own_rank_state(state: dict[str, Any], ctx: DistContext | None) -> dict[str, 
         return {"rng": state["rng"], "in_epoch": state.get("in_epoch")}
     in_epoch = state.get("in_epoch")
     if in_epoch:
-        in_epoch = {**in_epoch, "seen": 0, "loss_sum": torch.zeros(()), "correct": torch.zeros((), dtype=torch.long),
-                    "first_bad_step": torch.full((), -1, dtype=torch.long)}
+        in_epoch = {
+            **in_epoch,
+            "seen": 0,
+            "loss_sum": torch.zeros(()),
+            "correct": torch.zeros((), dtype=torch.long),
+            "first_bad_step": torch.full((), -1, dtype=torch.long),
+        }
     return {"rng": None, "in_epoch": in_epoch}
 
 
@@ -241,8 +251,9 @@ class Job:
     job_num: int
 
 
-def run_torchrun(env: LaunchEnv, hydra_main: Callable[[], Any],
-                 run_job: Callable[[DictConfig, Job, DistContext], Any]) -> None:
+def run_torchrun(
+    env: LaunchEnv, hydra_main: Callable[[], Any], run_job: Callable[[DictConfig, Job, DistContext], Any]
+) -> None:
     """The process of one torchrun rank: rank 0 runs ``hydra_main`` (whose task function sends each
     job); the others run every job they receive, until rank 0 sends None."""
     ctx = init(env, leads_followers=True)
@@ -302,8 +313,10 @@ def per_rank_batch_size(tcfg: Any, world_size: int) -> int:
     if semantics == "per_rank" or world_size == 1:
         return batch
     if batch % world_size:
-        raise ConfigError(f"trainer.batch_size={batch} is not divisible by the {world_size} processes "
-                          "(batch_size_semantics=global): use a multiple of the world size, or per_rank")
+        raise ConfigError(
+            f"trainer.batch_size={batch} is not divisible by the {world_size} processes "
+            "(batch_size_semantics=global): use a multiple of the world size, or per_rank"
+        )
     return batch // world_size
 
 

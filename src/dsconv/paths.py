@@ -1,7 +1,7 @@
 """Where the Hydra configs live.
 
-``conf/`` sits at the top of the checkout, beside ``src/``; an editable install finds it from this
-file. ``DSCONV_CONF_DIR`` points elsewhere (e.g. a copied config tree).
+They ship inside the package (``dsconv/conf``), so an installed wheel finds them from any directory.
+``DSCONV_CONF_DIR`` points elsewhere (e.g. a copied and edited config tree).
 """
 
 from __future__ import annotations
@@ -9,5 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CONF_DIR = Path(os.environ.get("DSCONV_CONF_DIR", REPO_ROOT / "conf")).resolve()
+PACKAGE_DIR = Path(__file__).resolve().parent
+# The checkout's root in an editable install (scripts/, tests/); meaningless for an installed wheel.
+REPO_ROOT = PACKAGE_DIR.parents[1]
+CONF_DIR = Path(os.environ.get("DSCONV_CONF_DIR", PACKAGE_DIR / "conf")).resolve()

@@ -81,8 +81,14 @@ def train(cfg: DictConfig, run_dir: str | Path, *, resume_hint: str | None = Non
         macs, _, flop_table = macs_by_module(model, data.input_shape)
         summary = model_summary(model, data.input_shape)
         (run_dir / "model_summary.txt").write_text(summary + "\n\n" + flop_table + "\n")
-        log.info("model %s (conv=%s) on %s %s\n%s", cfg.model.name, describe_conv(cfg.model.get("conv", "-")),
-                 data.name, "x".join(map(str, data.input_shape)), summary)
+        log.info(
+            "model %s (conv=%s) on %s %s\n%s",
+            cfg.model.name,
+            describe_conv(cfg.model.get("conv", "-")),
+            data.name,
+            "x".join(map(str, data.input_shape)),
+            summary,
+        )
 
     parts = build_components(cfg, data, model, device, rank=rank, world_size=world_size)
     train_batches, val_batches, test_batches = parts.train_batches, parts.val_batches, parts.test_batches
@@ -113,17 +119,29 @@ def train(cfg: DictConfig, run_dir: str | Path, *, resume_hint: str | None = Non
         writer.add_scalar("speed/epoch_time_s", row["epoch_time_s"], epoch)
         writer.flush()
 
-    stopper = EarlyStopping(str(tcfg.early_stopping.monitor), int(tcfg.early_stopping.patience),
-                            float(tcfg.early_stopping.min_delta))
+    stopper = EarlyStopping(
+        str(tcfg.early_stopping.monitor), int(tcfg.early_stopping.patience), float(tcfg.early_stopping.min_delta)
+    )
     trainer = Trainer(
-        model, optimizer, schedule, device=device, epochs=int(tcfg.epochs), precision=speed.precision,
-        grad_clip=tcfg.get("grad_clip"), early_stopping=stopper, run_dir=run_dir, data_generator=data_gen,
-        compile_model=speed.compile, progress=bool(tcfg.get("progress_bar", True)),
+        model,
+        optimizer,
+        schedule,
+        device=device,
+        epochs=int(tcfg.epochs),
+        precision=speed.precision,
+        grad_clip=tcfg.get("grad_clip"),
+        early_stopping=stopper,
+        run_dir=run_dir,
+        data_generator=data_gen,
+        compile_model=speed.compile,
+        progress=bool(tcfg.get("progress_bar", True)),
         on_epoch_end=on_epoch_end,
         extra_state={"config_hash": config_hash(cfg), "training_config": training_config},
-        checkpoint_every_steps=tcfg.get("checkpoint_every_steps"), nan_policy=str(tcfg.get("nan_policy", "stop")),
+        checkpoint_every_steps=tcfg.get("checkpoint_every_steps"),
+        nan_policy=str(tcfg.get("nan_policy", "stop")),
         max_skipped_steps=int(tcfg.get("max_skipped_steps", 0)),
-        resume_hint=resume_hint or f"hydra.run.dir={run_dir} trainer.resume=auto", dist=ctx,
+        resume_hint=resume_hint or f"hydra.run.dir={run_dir} trainer.resume=auto",
+        dist=ctx,
     )
     if resume is not None:
         trainer.load_state_dict(resume.state)
@@ -154,8 +172,10 @@ def train(cfg: DictConfig, run_dir: str | Path, *, resume_hint: str | None = Non
     best_epoch = int(trainer.early_stopping.best_epoch)
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt", map_location=device)
     if int(best["trainer"]["epoch"]) != best_epoch:
-        raise CheckpointError(f"{run_dir / 'checkpoints' / 'best.pt'} holds epoch {best['trainer']['epoch']}, not the "
-                              f"best epoch {best_epoch}: copy the original run's best.pt there")
+        raise CheckpointError(
+            f"{run_dir / 'checkpoints' / 'best.pt'} holds epoch {best['trainer']['epoch']}, not the "
+            f"best epoch {best_epoch}: copy the original run's best.pt there"
+        )
     model.load_state_dict(best["model"])
     test_start = time.perf_counter()
     test = trainer.evaluate(test_batches)  # under DDP: sharded, gathered on every rank
@@ -208,18 +228,38 @@ def train(cfg: DictConfig, run_dir: str | Path, *, resume_hint: str | None = Non
     write_json(run_dir / "classification_report.json", cls["report"])
     write_json(run_dir / "confusion_matrix.json", cls["confusion_matrix"])
     title = f"{cfg.model.name} ({metrics['conv']})"
-    write_figures(run_dir, history=history, best_epoch=best_epoch, confusion=cls["confusion_matrix"],
-                  classes=data.classes, test_images=data.test.images, test_labels=data.test.labels,
-                  test_logits=test.logits, title=title, writer=writer)
+    write_figures(
+        run_dir,
+        history=history,
+        best_epoch=best_epoch,
+        confusion=cls["confusion_matrix"],
+        classes=data.classes,
+        test_images=data.test.images,
+        test_labels=data.test.labels,
+        test_logits=test.logits,
+        title=title,
+        writer=writer,
+    )
     if writer is not None:
         final = {k: float(metrics[k]) for k in ("test_accuracy", "test_f1_macro", "best_val_acc", "train_time_s")}
         final["macs_per_image"], final["params_total"] = float(macs), float(params.total)
-        log_tensorboard_summary(writer, hparams=flat_hparams(cfg), final=final,
-                                report_text=classification_report_text(cls["report"]),
-                                flop_table=flop_table, summary=summary)
+        log_tensorboard_summary(
+            writer,
+            hparams=flat_hparams(cfg),
+            final=final,
+            report_text=classification_report_text(cls["report"]),
+            flop_table=flop_table,
+            summary=summary,
+        )
         writer.close()
-    log.info("test accuracy %.4f  macro F1 %.4f  (best epoch %d, %s) — outputs in %s",
-             cls["accuracy"], cls["f1_macro"], best_epoch, diagnosis["verdict"], run_dir)
+    log.info(
+        "test accuracy %.4f  macro F1 %.4f  (best epoch %d, %s) — outputs in %s",
+        cls["accuracy"],
+        cls["f1_macro"],
+        best_epoch,
+        diagnosis["verdict"],
+        run_dir,
+    )
     return metrics
 
 
@@ -252,8 +292,11 @@ def main() -> None:
     if env is None:
         _hydra_main()
     else:
-        distributed.run_torchrun(env, _hydra_main, lambda cfg, job, ctx: _run_job(
-            cfg, Path(job.run_dir), job.overrides, job.multirun, job.job_num, ctx))
+        distributed.run_torchrun(
+            env,
+            _hydra_main,
+            lambda cfg, job, ctx: _run_job(cfg, Path(job.run_dir), job.overrides, job.multirun, job.job_num, ctx),
+        )
 
 
 def _task(cfg: DictConfig) -> float | None:
@@ -284,8 +327,14 @@ def _task(cfg: DictConfig) -> float | None:
 _hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(_task)
 
 
-def _run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool, job_num: int,
-             ctx: distributed.DistContext | None) -> float | None:
+def _run_job(
+    cfg: DictConfig,
+    run_dir: Path,
+    overrides: list[str],
+    multirun: bool,
+    job_num: int,
+    ctx: distributed.DistContext | None,
+) -> float | None:
     is_main = ctx is None or ctx.is_main
     launch = ctx.env if ctx is not None else None
     hint = resume_command(sys.argv[0], overrides, run_dir, launch)
@@ -300,8 +349,11 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: boo
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         if is_main:
-            print(f"error: stopped by a second Ctrl-C; the newest checkpoint in {run_dir / 'checkpoints'} is "
-                  f"intact: resume with {hint}", file=sys.stderr)
+            print(
+                f"error: stopped by a second Ctrl-C; the newest checkpoint in {run_dir / 'checkpoints'} is "
+                f"intact: resume with {hint}",
+                file=sys.stderr,
+            )
         sys.exit(130)
     except Exception as exc:
         user_error = isinstance(exc, DsconvError)

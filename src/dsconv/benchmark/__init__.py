@@ -1,4 +1,4 @@
-"""Efficiency benchmark (issue 5): parameters, MACs/FLOPs, latency, throughput, training speed and
+"""Efficiency benchmark: parameters, MACs/FLOPs, latency, throughput, training speed and
 peak memory of standard vs depthwise-separable convolutions, side by side.
 
 ``quick_inference_profile`` is the cheap entry point for other code (the trainer's metrics.json);

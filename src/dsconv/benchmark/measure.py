@@ -190,9 +190,17 @@ def time_callable(
     fastest, slowest = min(times), max(times)
     spread = slowest / fastest if fastest > 0 else math.inf
     return TimingStats(
-        iters=len(times), warmup=warmup, median_ms=percentile(times, 50), p90_ms=percentile(times, 90),
-        min_ms=fastest, max_ms=slowest, mean_ms=sum(times) / len(times), first_call_ms=first_call_ms,
-        spread=spread, others_cores=others, noisy=spread > noise_threshold,
+        iters=len(times),
+        warmup=warmup,
+        median_ms=percentile(times, 50),
+        p90_ms=percentile(times, 90),
+        min_ms=fastest,
+        max_ms=slowest,
+        mean_ms=sum(times) / len(times),
+        first_call_ms=first_call_ms,
+        spread=spread,
+        others_cores=others,
+        noisy=spread > noise_threshold,
         contended=others is not None
         and others > max(0, usable_cpus() - torch.get_num_threads()) + contention_threshold,
     )
@@ -298,17 +306,27 @@ def quick_inference_profile(
     device or ``channels_last`` is asked for). Under a second or two on CPU for a small model.
     """
     model_device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    setting = Setting(device=str(device if device is not None else model_device), dtype=dtype,
-                      memory_format="channels_last" if channels_last else "nchw")
+    setting = Setting(
+        device=str(device if device is not None else model_device),
+        dtype=dtype,
+        memory_format="channels_last" if channels_last else "nchw",
+    )
     check_setting(setting)
     if channels_last or setting.torch_device != model_device:
         model = prepare_model(copy.deepcopy(model), setting)
-    timing = {"warmup": warmup, "min_iters": min(3, iters), "max_iters": iters, "max_time_s": max_time_s,
-              "noise_threshold": noise_threshold, "contention_threshold": contention_threshold}
+    timing = {
+        "warmup": warmup,
+        "min_iters": min(3, iters),
+        "max_iters": iters,
+        "max_time_s": max_time_s,
+        "noise_threshold": noise_threshold,
+        "contention_threshold": contention_threshold,
+    }
     with _eval_mode(model):
         latency, throughput = (
-            time_callable(inference_step(model, make_input(batch, input_shape, setting), setting),
-                          setting.torch_device, **timing)
+            time_callable(
+                inference_step(model, make_input(batch, input_shape, setting), setting), setting.torch_device, **timing
+            )
             for batch in (1, batch_size)
         )
     return {

@@ -46,8 +46,11 @@ CUDA_METHOD = (
     "(weights, activations, workspaces, optimizer state), not the CUDA context or allocator cache"
 )
 # Short codes for the CSV column; the JSON maps them back to the sentences above.
-METHOD_CODES = {CPU_METHOD: "cpu_subprocess_vmhwm", CPU_METHOD_FALLBACK: "cpu_subprocess_ru_maxrss",
-                CUDA_METHOD: "cuda_max_memory_allocated"}
+METHOD_CODES = {
+    CPU_METHOD: "cpu_subprocess_vmhwm",
+    CPU_METHOD_FALLBACK: "cpu_subprocess_ru_maxrss",
+    CUDA_METHOD: "cuda_max_memory_allocated",
+}
 MIB = 1024 * 1024
 WARMUP_BATCH = 2  # train-mode batch norm needs two samples
 
@@ -82,8 +85,13 @@ def _release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _run_workload(target: Target, setting: Setting, batches: dict[str, int], optimizer_cfg: dict[str, Any],
-                  mark: Callable[[str], None]) -> None:
+def _run_workload(
+    target: Target,
+    setting: Setting,
+    batches: dict[str, int],
+    optimizer_cfg: dict[str, Any],
+    mark: Callable[[str], None],
+) -> None:
     """Inference at the throughput batch, then one training step; ``mark(phase)`` after each."""
     from omegaconf import OmegaConf
 
@@ -100,8 +108,9 @@ def _run_workload(target: Target, setting: Setting, batches: dict[str, int], opt
     mark("train")
 
 
-def measure_cuda(target: Target, setting: Setting, batches: dict[str, int],
-                 optimizer_cfg: dict[str, Any]) -> dict[str, Any]:
+def measure_cuda(
+    target: Target, setting: Setting, batches: dict[str, int], optimizer_cfg: dict[str, Any]
+) -> dict[str, Any]:
     device = setting.torch_device
     gc.collect()
     torch.cuda.synchronize(device)
@@ -114,8 +123,11 @@ def measure_cuda(target: Target, setting: Setting, batches: dict[str, int],
         peaks[phase] = (torch.cuda.max_memory_allocated(device) - base) / MIB
 
     _run_workload(target, setting, batches, optimizer_cfg, mark)
-    return {"peak_mem_infer_mib": peaks["inference"], "peak_mem_train_mib": peaks["train"],
-            "peak_mem_method": CUDA_METHOD}
+    return {
+        "peak_mem_infer_mib": peaks["inference"],
+        "peak_mem_train_mib": peaks["train"],
+        "peak_mem_method": CUDA_METHOD,
+    }
 
 
 def _probe_env() -> dict[str, str]:
@@ -125,18 +137,34 @@ def _probe_env() -> dict[str, str]:
     return {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
 
 
-def measure_cpu(target: Target, settings: Sequence[Setting], batches: dict[str, int],
-                optimizer_cfg: dict[str, Any], threads: int, timeout_s: float = 900) -> list[dict[str, Any]]:
+def measure_cpu(
+    target: Target,
+    settings: Sequence[Setting],
+    batches: dict[str, int],
+    optimizer_cfg: dict[str, Any],
+    threads: int,
+    timeout_s: float = 900,
+) -> list[dict[str, Any]]:
     """Peak memory of ``target`` in every setting, one subprocess per target (per setting where the
     high-water mark cannot be reset)."""
     groups = [list(settings)] if sys.platform.startswith("linux") else [[s] for s in settings]
     results: list[dict[str, Any]] = []
     for group in groups:
-        request = {"target": target.to_json(), "settings": [asdict(s) for s in group], "batches": batches,
-                   "optimizer": optimizer_cfg, "threads": threads}
+        request = {
+            "target": target.to_json(),
+            "settings": [asdict(s) for s in group],
+            "batches": batches,
+            "optimizer": optimizer_cfg,
+            "threads": threads,
+        }
         proc = subprocess.run(
-            [sys.executable, "-m", "dsconv.benchmark.memory"], input=json.dumps(request),
-            capture_output=True, text=True, timeout=timeout_s, check=False, env=_probe_env(),
+            [sys.executable, "-m", "dsconv.benchmark.memory"],
+            input=json.dumps(request),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+            env=_probe_env(),
         )
         if proc.returncode != 0:
             tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -145,10 +173,10 @@ def measure_cpu(target: Target, settings: Sequence[Setting], batches: dict[str, 
     return results
 
 
-def _probe(target: Target, setting: Setting, batches: dict[str, int], optimizer: dict[str, Any],
-           first: bool) -> dict[str, Any]:
-    _run_workload(target, setting, {"throughput": WARMUP_BATCH, "train": WARMUP_BATCH}, optimizer,
-                  lambda _phase: None)
+def _probe(
+    target: Target, setting: Setting, batches: dict[str, int], optimizer: dict[str, Any], first: bool
+) -> dict[str, Any]:
+    _run_workload(target, setting, {"throughput": WARMUP_BATCH, "train": WARMUP_BATCH}, optimizer, lambda _phase: None)
     _release_freed_memory()
     if _reset_peak_rss():
         base, peak, method = _status_bytes("VmRSS"), (lambda: _status_bytes("VmHWM")), CPU_METHOD
@@ -163,8 +191,7 @@ def _probe(target: Target, setting: Setting, batches: dict[str, int], optimizer:
 
     _run_workload(target, setting, batches, optimizer, mark)
     _release_freed_memory()
-    return {"peak_mem_infer_mib": peaks["inference"], "peak_mem_train_mib": peaks["train"],
-            "peak_mem_method": method}
+    return {"peak_mem_infer_mib": peaks["inference"], "peak_mem_train_mib": peaks["train"], "peak_mem_method": method}
 
 
 def _probe_main() -> None:

@@ -35,15 +35,32 @@ def speedup_vs_mac_ratio(pairs: Sequence[Mapping[str, Any]], path: Path) -> None
         for noisy, alpha in ((False, 1.0), (True, 0.3)):
             mine = [p for p in points if _setting(p) == label and bool(p["noisy"]) == noisy]
             tag = "" if noisy else label
-            ax.scatter([p["mac_ratio"] for p in mine], [p["speedup_throughput"] for p in mine], color=color,
-                       marker="o", alpha=alpha, label=f"{tag}: throughput" if tag else None)
-            ax.scatter([p["mac_ratio"] for p in mine], [p["speedup_latency_b1"] for p in mine],
-                       facecolors="none", edgecolors=color, marker="s", alpha=alpha,
-                       label=f"{tag}: batch-1 latency" if tag else None)
+            ax.scatter(
+                [p["mac_ratio"] for p in mine],
+                [p["speedup_throughput"] for p in mine],
+                color=color,
+                marker="o",
+                alpha=alpha,
+                label=f"{tag}: throughput" if tag else None,
+            )
+            ax.scatter(
+                [p["mac_ratio"] for p in mine],
+                [p["speedup_latency_b1"] for p in mine],
+                facecolors="none",
+                edgecolors=color,
+                marker="s",
+                alpha=alpha,
+                label=f"{tag}: batch-1 latency" if tag else None,
+            )
     for pair in dict.fromkeys(p["pair"] for p in points):
         first = next(p for p in points if p["pair"] == pair)
-        ax.annotate(pair, (first["mac_ratio"], first["speedup_throughput"]), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
+        ax.annotate(
+            pair,
+            (first["mac_ratio"], first["speedup_throughput"]),
+            fontsize=7,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("MAC ratio standard / DS (theoretical speedup)")
@@ -59,12 +76,22 @@ def latency_vs_macs(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
     colors = _colors([_setting(r) for r in rows])
     for row in rows:
-        ax.scatter(row["macs_per_image"], row["latency_b1_median_ms"], color=colors[_setting(row)],
-                   marker=_MARKERS.get(row["conv"], "s"), s=36)
+        ax.scatter(
+            row["macs_per_image"],
+            row["latency_b1_median_ms"],
+            color=colors[_setting(row)],
+            marker=_MARKERS.get(row["conv"], "s"),
+            s=36,
+        )
     first_setting = _setting(rows[0]) if rows else None
     for row in (r for r in rows if _setting(r) == first_setting):
-        ax.annotate(row["target"], (row["macs_per_image"], row["latency_b1_median_ms"]), fontsize=6,
-                    xytext=(4, -8), textcoords="offset points")
+        ax.annotate(
+            row["target"],
+            (row["macs_per_image"], row["latency_b1_median_ms"]),
+            fontsize=6,
+            xytext=(4, -8),
+            textcoords="offset points",
+        )
     for label, color in colors.items():
         ax.scatter([], [], color=color, label=label)
     for conv, marker in _MARKERS.items():
@@ -88,8 +115,13 @@ def achieved_gflops(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 1.0 + 0.45 * len(targets) * max(1, len(settings)) ** 0.5))
     for j, setting in enumerate(settings):
         values = {r["target"]: r["achieved_gflops_throughput"] for r in rows if _setting(r) == setting}
-        ax.barh([i + j * height for i in range(len(targets))], [values.get(t, 0.0) for t in targets],
-                height=height, color=colors[setting], label=setting)
+        ax.barh(
+            [i + j * height for i in range(len(targets))],
+            [values.get(t, 0.0) for t in targets],
+            height=height,
+            color=colors[setting],
+            label=setting,
+        )
     ax.set_yticks([i + 0.4 - height / 2 for i in range(len(targets))])
     ax.set_yticklabels(targets, fontsize=7)
     ax.invert_yaxis()

@@ -15,7 +15,7 @@ UNITS: dict[str, str] = {
     "macs_per_image": "MACs per image: fused multiply-adds of one eval forward pass, counted by fvcore",
     "macs_analytic": "MACs per image from the layer formula (layers only)",
     "flops_per_image": "FLOPs per image of one forward pass: torch.utils.flop_counter.FlopCounterMode, "
-                       "2 per multiply-add, convs and matmuls only",
+    "2 per multiply-add, convs and matmuls only",
     "train_flops_per_image": "FLOPs per image of forward + backward (FlopCounterMode)",
     "latency_b1_median_ms": "ms per batch-1 forward (median of timed calls)",
     "latency_b1_p90_ms": "ms per batch-1 forward (90th percentile)",
@@ -35,14 +35,13 @@ UNITS: dict[str, str] = {
     "train_spread": "max/min ratio of the timed calls (noise)",
     "latency_b1_attempts": "measurements made (1 + retries used because of noise); the least noisy is kept",
     "latency_b1_others_cores": "CPU cores other processes used during the timed calls (/proc/stat minus own "
-                               "CPU time; blank: unknown or shorter than 0.2 s); flagged above the cores "
-                               "left idle (CPUs - threads) + timing.contention_threshold",
+    "CPU time; blank: unknown or shorter than 0.2 s); flagged above the cores "
+    "left idle (CPUs - threads) + timing.contention_threshold",
     "mac_ratio": "standard MACs / variant MACs (theoretical saving)",
     "speedup_throughput": "variant images/s / standard images/s (measured)",
     "realized_throughput": "speedup / mac_ratio: share of the theoretical saving the hardware realizes",
 }
-PEAK_MEMORY_METHODS = {code: text for text, code in METHOD_CODES.items()} | {
-    "off": "not measured (memory.method=off)"}
+PEAK_MEMORY_METHODS = {code: text for text, code in METHOD_CODES.items()} | {"off": "not measured (memory.method=off)"}
 
 
 def write_json(path: Path, results: Mapping[str, Any]) -> None:
@@ -112,9 +111,11 @@ def markdown(results: Mapping[str, Any]) -> str:
     load = env.get("load_average_start") or [0.0]
     if env.get("device", "cpu") == "cpu" and load[0] >= 0.5 * (env.get("cpu_count") or 1):
         # A uniformly slowed run has a small max/min spread, so the noise flag cannot catch it.
-        lines.append(f"- **Busy machine**: 1-minute load average {load[0]} on {env.get('cpu_count')} cores "
-                     "before the run; other processes competed for the CPU, so absolute timings are "
-                     "pessimistic and ratios uncertain even where no measurement is flagged.")
+        lines.append(
+            f"- **Busy machine**: 1-minute load average {load[0]} on {env.get('cpu_count')} cores "
+            "before the run; other processes competed for the CPU, so absolute timings are "
+            "pessimistic and ratios uncertain even where no measurement is flagged."
+        )
     lines += [
         "",
         "## Theoretical saving vs measured speedup",
@@ -124,26 +125,78 @@ def markdown(results: Mapping[str, Any]) -> str:
         "",
     ]
     lines += _table(
-        ["pair", "variant", "dtype", "format", "mode", "param ratio", "MAC ratio", "speedup b1",
-         "speedup throughput", "speedup train", "realized b1", "realized throughput", "realized train",
-         "noisy"],
-        [[p["pair"], p["variant_conv"], p["dtype"], p["memory_format"], _mode(p), _num(p["param_ratio"]),
-          _num(p["mac_ratio"]), _num(p["speedup_latency_b1"]), _num(p["speedup_throughput"]),
-          _num(p["speedup_train"]), _num(p["realized_latency_b1"]), _num(p["realized_throughput"]),
-          _num(p["realized_train"]), "yes" if p["noisy"] else ""] for p in pairs],
+        [
+            "pair",
+            "variant",
+            "dtype",
+            "format",
+            "mode",
+            "param ratio",
+            "MAC ratio",
+            "speedup b1",
+            "speedup throughput",
+            "speedup train",
+            "realized b1",
+            "realized throughput",
+            "realized train",
+            "noisy",
+        ],
+        [
+            [
+                p["pair"],
+                p["variant_conv"],
+                p["dtype"],
+                p["memory_format"],
+                _mode(p),
+                _num(p["param_ratio"]),
+                _num(p["mac_ratio"]),
+                _num(p["speedup_latency_b1"]),
+                _num(p["speedup_throughput"]),
+                _num(p["speedup_train"]),
+                _num(p["realized_latency_b1"]),
+                _num(p["realized_throughput"]),
+                _num(p["realized_train"]),
+                "yes" if p["noisy"] else "",
+            ]
+            for p in pairs
+        ],
     )
     lines += ["", "## Every configuration", ""]
     lines += _table(
-        ["target", "dtype", "format", "mode", "params", "MACs/img", "FLOPs/img", "b1 ms median (p90)",
-         "img/s", "train img/s", "peak MiB infer/train", "GFLOP/s b1/thr/train", "flagged (why)"],
-        [[r["target"], r["dtype"], r["memory_format"], _mode(r), _count(r["params"]),
-          _count(r["macs_per_image"]), _count(r["flops_per_image"]),
-          f"{r['latency_b1_median_ms']:.3f} ({r['latency_b1_p90_ms']:.3f})",
-          f"{r['throughput_img_per_s']:.1f}", f"{r['train_img_per_s']:.1f}",
-          f"{_num(r['peak_mem_infer_mib'], 1)} / {_num(r['peak_mem_train_mib'], 1)}",
-          f"{r['achieved_gflops_b1']:.1f} / {r['achieved_gflops_throughput']:.1f} / "
-          f"{r['achieved_gflops_train']:.1f}",
-          r["noisy_measurements"]] for r in rows],
+        [
+            "target",
+            "dtype",
+            "format",
+            "mode",
+            "params",
+            "MACs/img",
+            "FLOPs/img",
+            "b1 ms median (p90)",
+            "img/s",
+            "train img/s",
+            "peak MiB infer/train",
+            "GFLOP/s b1/thr/train",
+            "flagged (why)",
+        ],
+        [
+            [
+                r["target"],
+                r["dtype"],
+                r["memory_format"],
+                _mode(r),
+                _count(r["params"]),
+                _count(r["macs_per_image"]),
+                _count(r["flops_per_image"]),
+                f"{r['latency_b1_median_ms']:.3f} ({r['latency_b1_p90_ms']:.3f})",
+                f"{r['throughput_img_per_s']:.1f}",
+                f"{r['train_img_per_s']:.1f}",
+                f"{_num(r['peak_mem_infer_mib'], 1)} / {_num(r['peak_mem_train_mib'], 1)}",
+                f"{r['achieved_gflops_b1']:.1f} / {r['achieved_gflops_throughput']:.1f} / "
+                f"{r['achieved_gflops_train']:.1f}",
+                r["noisy_measurements"],
+            ]
+            for r in rows
+        ],
     )
     return "\n".join(lines) + "\n"
 
@@ -152,12 +205,19 @@ def write_tensorboard(log_dir: Path, results: Mapping[str, Any], report_md: str)
     """One hparams run per configuration, so TensorBoard's HPARAMS tab compares them side by side."""
     from torch.utils.tensorboard import SummaryWriter
 
-    metrics = ("latency_b1_median_ms", "latency_b1_p90_ms", "throughput_img_per_s", "train_img_per_s",
-               "achieved_gflops_throughput", "achieved_gflops_train")
+    metrics = (
+        "latency_b1_median_ms",
+        "latency_b1_p90_ms",
+        "throughput_img_per_s",
+        "train_img_per_s",
+        "achieved_gflops_throughput",
+        "achieved_gflops_train",
+    )
     with SummaryWriter(str(log_dir)) as writer:
         writer.add_text("report", report_md)
         for index, row in enumerate(results["rows"]):
-            hparams = {k: row[k] for k in ("target", "conv", "dtype", "memory_format", "compile",
-                                           "params", "macs_per_image")}
+            hparams = {
+                k: row[k] for k in ("target", "conv", "dtype", "memory_format", "compile", "params", "macs_per_image")
+            }
             values = {f"bench/{k}": float(row[k]) for k in metrics}
             writer.add_hparams(hparams, values, run_name=f"config_{index:03d}")

@@ -100,8 +100,15 @@ def build_plan(cfg: DictConfig) -> BenchPlan:
     method = str(cfg.memory.method)
     if method not in MEMORY_METHODS:
         raise ConfigError(f"memory.method={method!r}: choose one of {', '.join(MEMORY_METHODS)}")
-    return BenchPlan(targets, settings, batches, timing,
-                     OmegaConf.to_container(cfg.optimizer, resolve=True), method, torch.get_num_threads())
+    return BenchPlan(
+        targets,
+        settings,
+        batches,
+        timing,
+        OmegaConf.to_container(cfg.optimizer, resolve=True),
+        method,
+        torch.get_num_threads(),
+    )
 
 
 def static_metrics(target: Target) -> dict[str, Any]:
@@ -128,10 +135,16 @@ def _timed(fn, device: torch.device, timing: Mapping[str, Any]) -> tuple[TimingS
     attempts = 0
     while attempts <= int(timing["retries"]):
         attempts += 1
-        stats = time_callable(fn, device, warmup=int(timing["warmup"]), min_iters=int(timing["min_iters"]),
-                              max_iters=int(timing["max_iters"]), max_time_s=float(timing["max_time_s"]),
-                              noise_threshold=float(timing["noise_threshold"]),
-                              contention_threshold=float(timing["contention_threshold"]))
+        stats = time_callable(
+            fn,
+            device,
+            warmup=int(timing["warmup"]),
+            min_iters=int(timing["min_iters"]),
+            max_iters=int(timing["max_iters"]),
+            max_time_s=float(timing["max_time_s"]),
+            noise_threshold=float(timing["noise_threshold"]),
+            contention_threshold=float(timing["contention_threshold"]),
+        )
         if best is None or (stats.unreliable, stats.spread) < (best.unreliable, best.spread):
             best = stats
         if not stats.noisy:
@@ -145,8 +158,9 @@ def peak_memory(plan: BenchPlan) -> dict[tuple[str, Setting], dict[str, Any]]:
     results: dict[tuple[str, Setting], dict[str, Any]] = {}
     for target in plan.targets:
         if plan.memory_method == "off":
-            found = [{"peak_mem_infer_mib": "", "peak_mem_train_mib": "", "peak_mem_method": "off"}
-                     for _ in plan.settings]
+            found = [
+                {"peak_mem_infer_mib": "", "peak_mem_train_mib": "", "peak_mem_method": "off"} for _ in plan.settings
+            ]
         elif plan.settings[0].torch_device.type == "cuda":
             found = [memory.measure_cuda(target, s, plan.batches, plan.optimizer) for s in plan.settings]
         else:
@@ -158,9 +172,7 @@ def peak_memory(plan: BenchPlan) -> dict[tuple[str, Setting], dict[str, Any]]:
     return results
 
 
-def measure_config(
-    target: Target, setting: Setting, plan: BenchPlan, static: Mapping[str, Any]
-) -> dict[str, Any]:
+def measure_config(target: Target, setting: Setting, plan: BenchPlan, static: Mapping[str, Any]) -> dict[str, Any]:
     """Latency at batch 1, throughput at the large batch, training-step time, achieved GFLOP/s."""
     device = setting.torch_device
     b = plan.batches
@@ -170,8 +182,7 @@ def measure_config(
     model = prepare_model(target.build(), setting)
     model.eval()
     (latency, latency_attempts), (throughput, throughput_attempts) = (
-        _timed(inference_step(model, make_input(b[key], target.input_shape, setting), setting),
-               device, plan.timing)
+        _timed(inference_step(model, make_input(b[key], target.input_shape, setting), setting), device, plan.timing)
         for key in ("latency", "throughput")
     )
     model.train()
@@ -185,35 +196,37 @@ def measure_config(
     train_img_s = b["train"] / (train.median_ms / 1e3)
     measured = {"latency_b1": latency, "throughput": throughput, "train": train}
     noisy = [f"{name} ({stats.reason()})" for name, stats in measured.items() if stats.unreliable]
-    row.update({
-        "latency_b1_median_ms": latency.median_ms,
-        "latency_b1_p90_ms": latency.p90_ms,
-        "latency_b1_min_ms": latency.min_ms,
-        "latency_b1_iters": latency.iters,
-        "latency_b1_spread": latency.spread,
-        "latency_b1_attempts": latency_attempts,
-        "latency_b1_others_cores": _or_blank(latency.others_cores),
-        "first_call_ms": latency.first_call_ms,
-        "throughput_batch": b["throughput"],
-        "throughput_img_per_s": thr_img_s,
-        "throughput_iters": throughput.iters,
-        "throughput_spread": throughput.spread,
-        "throughput_attempts": throughput_attempts,
-        "throughput_others_cores": _or_blank(throughput.others_cores),
-        "train_batch": b["train"],
-        "train_step_median_ms": train.median_ms,
-        "train_step_p90_ms": train.p90_ms,
-        "train_img_per_s": train_img_s,
-        "train_iters": train.iters,
-        "train_spread": train.spread,
-        "train_attempts": train_attempts,
-        "train_others_cores": _or_blank(train.others_cores),
-        "achieved_gflops_b1": static["flops_per_image"] / (latency.median_ms / 1e3) / 1e9,
-        "achieved_gflops_throughput": static["flops_per_image"] * thr_img_s / 1e9,
-        "achieved_gflops_train": static["train_flops_per_image"] * train_img_s / 1e9,
-        "noisy": bool(noisy),
-        "noisy_measurements": ";".join(noisy),
-    })
+    row.update(
+        {
+            "latency_b1_median_ms": latency.median_ms,
+            "latency_b1_p90_ms": latency.p90_ms,
+            "latency_b1_min_ms": latency.min_ms,
+            "latency_b1_iters": latency.iters,
+            "latency_b1_spread": latency.spread,
+            "latency_b1_attempts": latency_attempts,
+            "latency_b1_others_cores": _or_blank(latency.others_cores),
+            "first_call_ms": latency.first_call_ms,
+            "throughput_batch": b["throughput"],
+            "throughput_img_per_s": thr_img_s,
+            "throughput_iters": throughput.iters,
+            "throughput_spread": throughput.spread,
+            "throughput_attempts": throughput_attempts,
+            "throughput_others_cores": _or_blank(throughput.others_cores),
+            "train_batch": b["train"],
+            "train_step_median_ms": train.median_ms,
+            "train_step_p90_ms": train.p90_ms,
+            "train_img_per_s": train_img_s,
+            "train_iters": train.iters,
+            "train_spread": train.spread,
+            "train_attempts": train_attempts,
+            "train_others_cores": _or_blank(train.others_cores),
+            "achieved_gflops_b1": static["flops_per_image"] / (latency.median_ms / 1e3) / 1e9,
+            "achieved_gflops_throughput": static["flops_per_image"] * thr_img_s / 1e9,
+            "achieved_gflops_train": static["train_flops_per_image"] * train_img_s / 1e9,
+            "noisy": bool(noisy),
+            "noisy_measurements": ";".join(noisy),
+        }
+    )
     return row
 
 
@@ -229,21 +242,37 @@ def run_suite(plan: BenchPlan, env_extra: Mapping[str, Any] | None = None) -> di
     for setting in plan.settings:
         for target in plan.targets:
             row: dict[str, Any] = {
-                "target": target.label, "pair": pair_names[target.pair_key], "kind": target.kind,
-                "conv": target.conv, "dataset": target.dataset,
+                "target": target.label,
+                "pair": pair_names[target.pair_key],
+                "kind": target.kind,
+                "conv": target.conv,
+                "dataset": target.dataset,
                 "input_shape": "x".join(map(str, target.input_shape)),
-                "device": str(setting.torch_device), "device_name": env["device_name"],
-                "cpu_model": env["cpu_model"], "torch_version": env["torch_version"],
-                "num_threads": torch.get_num_threads(), "dtype": setting.dtype,
-                "memory_format": setting.memory_format, "compile": setting.compile,
-                **statics[target.label], **peaks[(target.label, setting)],
+                "device": str(setting.torch_device),
+                "device_name": env["device_name"],
+                "cpu_model": env["cpu_model"],
+                "torch_version": env["torch_version"],
+                "num_threads": torch.get_num_threads(),
+                "dtype": setting.dtype,
+                "memory_format": setting.memory_format,
+                "compile": setting.compile,
+                **statics[target.label],
+                **peaks[(target.label, setting)],
             }
             row.update(measure_config(target, setting, plan, statics[target.label]))
             rows.append(row)
-            log.info("[%d/%d] %-32s %-26s b1 %8.3f ms (p90 %.3f)  %9.1f img/s  train %8.1f img/s%s",
-                     len(rows), total, target.label, setting.label, row["latency_b1_median_ms"],
-                     row["latency_b1_p90_ms"], row["throughput_img_per_s"], row["train_img_per_s"],
-                     f"  NOISY: {row['noisy_measurements']}" if row["noisy"] else "")
+            log.info(
+                "[%d/%d] %-32s %-26s b1 %8.3f ms (p90 %.3f)  %9.1f img/s  train %8.1f img/s%s",
+                len(rows),
+                total,
+                target.label,
+                setting.label,
+                row["latency_b1_median_ms"],
+                row["latency_b1_p90_ms"],
+                row["throughput_img_per_s"],
+                row["train_img_per_s"],
+                f"  NOISY: {row['noisy_measurements']}" if row["noisy"] else "",
+            )
     return {"environment": finish_environment(env), "rows": rows, "pairs": derive_pairs(rows)}
 
 
@@ -288,12 +317,16 @@ def derive_pairs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "train": _ratio(other["train_img_per_s"], base["train_img_per_s"]),
             }
             pair = {k: base[k] for k in key}
-            pair.update({
-                "baseline": base["target"], "variant": other["target"], "variant_conv": other["conv"],
-                "param_ratio": _ratio(base["params"], other["params"]),
-                "mac_ratio": mac_ratio,
-                "flop_ratio": _ratio(base["flops_per_image"], other["flops_per_image"]),
-            })
+            pair.update(
+                {
+                    "baseline": base["target"],
+                    "variant": other["target"],
+                    "variant_conv": other["conv"],
+                    "param_ratio": _ratio(base["params"], other["params"]),
+                    "mac_ratio": mac_ratio,
+                    "flop_ratio": _ratio(base["flops_per_image"], other["flops_per_image"]),
+                }
+            )
             for name, speedup in speedups.items():
                 pair[f"speedup_{name}"] = speedup
                 pair[f"realized_{name}"] = _ratio(speedup, mac_ratio) if speedup != "" else ""

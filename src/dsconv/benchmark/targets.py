@@ -158,7 +158,8 @@ def layer_targets(entry: Any, index: int, bias: bool) -> list[Target]:
     name = f"conv{g['c_in']}->{g['c_out']} k{g['kernel']} {g['hw']}x{g['hw']} s{g['stride']}"
     pair_key = json.dumps({"layer": geometry, "bias": bias}, sort_keys=True)
     return [
-        Target("layer", f"{name}/{conv}", conv, (g["c_in"], g["hw"], g["hw"]), 0, "-",
-               {**geometry, "bias": bias}, pair_key)
+        Target(
+            "layer", f"{name}/{conv}", conv, (g["c_in"], g["hw"], g["hw"]), 0, "-", {**geometry, "bias": bias}, pair_key
+        )
         for conv in ("standard", "separable")
     ]

@@ -17,8 +17,18 @@ import torch
 from dsconv.errors import ConfigError, DataError
 
 MNIST_CLASSES = tuple(str(i) for i in range(10))
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
@@ -73,13 +83,13 @@ def load_dataset(cfg: Any, data_dir: str | Path) -> DatasetSplits:
 def _carve_validation(train: Split, val_size: int, seed: int, name: str) -> tuple[Split, Split]:
     n = len(train)
     if val_size < 1 or val_size >= n:
-        raise ConfigError(
-            f"dataset.val_size={val_size} must be between 1 and {n - 1} ({name} has {n} training images)"
-        )
+        raise ConfigError(f"dataset.val_size={val_size} must be between 1 and {n - 1} ({name} has {n} training images)")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     val_idx, train_idx = order[:val_size].sort().values, order[val_size:].sort().values
-    return (Split(train.images[train_idx], train.labels[train_idx]),
-            Split(train.images[val_idx], train.labels[val_idx]))
+    return (
+        Split(train.images[train_idx], train.labels[train_idx]),
+        Split(train.images[val_idx], train.labels[val_idx]),
+    )
 
 
 def _mnist_like(cls_name: str, classes: tuple[str, ...]):
@@ -115,10 +125,14 @@ def cifar10_class(verify_checksums: bool = True):
 
     if verify_checksums:
         return tvd.CIFAR10
-    return type("UncheckedCIFAR10", (tvd.CIFAR10,), {
-        "_check_integrity": lambda self: True,
-        "_load_meta": lambda self: setattr(self, "classes", list(CIFAR10_CLASSES)),
-    })
+    return type(
+        "UncheckedCIFAR10",
+        (tvd.CIFAR10,),
+        {
+            "_check_integrity": lambda self: True,
+            "_load_meta": lambda self: setattr(self, "classes", list(CIFAR10_CLASSES)),
+        },
+    )
 
 
 def write_cifar10_batches(root: str | Path, images: np.ndarray, labels: np.ndarray, test_size: int) -> Path:
@@ -165,12 +179,13 @@ def _digits(cfg: Any, data_dir: Path) -> tuple[Split, Split, tuple[str, ...]]:
     labels = torch.from_numpy(bunch.target).long()
     idx = np.arange(len(labels))
     train_idx, test_idx = train_test_split(
-        idx, test_size=float(cfg.get("test_fraction", 0.2)), stratify=labels.numpy(),
+        idx,
+        test_size=float(cfg.get("test_fraction", 0.2)),
+        stratify=labels.numpy(),
         random_state=int(cfg.get("split_seed", 0)),
     )
     train_idx, test_idx = torch.from_numpy(np.sort(train_idx)), torch.from_numpy(np.sort(test_idx))
-    return (Split(images[train_idx], labels[train_idx]), Split(images[test_idx], labels[test_idx]),
-            MNIST_CLASSES)
+    return (Split(images[train_idx], labels[train_idx]), Split(images[test_idx], labels[test_idx]), MNIST_CLASSES)
 
 
 def _synthetic(cfg: Any, data_dir: Path) -> tuple[Split, Split, tuple[str, ...]]:

@@ -44,8 +44,9 @@ class GpuAugment:
     def enabled(self) -> bool:
         return self.crop_padding > 0 or self.hflip
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator, rank: int = 0,
-                 world_size: int = 1) -> torch.Tensor:
+    def __call__(
+        self, images: torch.Tensor, generator: torch.Generator, rank: int = 0, world_size: int = 1
+    ) -> torch.Tensor:
         """Augment one rank's batch. Random numbers are drawn for the whole global batch (every rank
         draws the same) and the rank keeps its stride of them, the stride ``DeviceBatches`` takes of
         the images: each image is augmented exactly as in a single-process run with the global batch."""

@@ -22,9 +22,7 @@ class ParamCount:
 
 def count_params(model: nn.Module) -> ParamCount:
     params = list(model.parameters())
-    return ParamCount(
-        total=sum(p.numel() for p in params), trainable=sum(p.numel() for p in params if p.requires_grad)
-    )
+    return ParamCount(total=sum(p.numel() for p in params), trainable=sum(p.numel() for p in params if p.requires_grad))
 
 
 def _flop_analysis(model: nn.Module, example: torch.Tensor):
@@ -100,21 +98,27 @@ def model_summary(model: nn.Module, input_shape: tuple[int, ...]) -> str:
             continue
         depth = name.count(".")
         own_params = sum(p.numel() for p in module.parameters())
-        rows.append((
-            "  " * depth + name.rsplit(".", 1)[-1] if depth else name,
-            type(module).__name__,
-            "x".join(str(d) for d in shapes[name]),
-            f"{own_params:,}",
-            f"{macs.get(name, 0):,}",
-        ))
+        rows.append(
+            (
+                "  " * depth + name.rsplit(".", 1)[-1] if depth else name,
+                type(module).__name__,
+                "x".join(str(d) for d in shapes[name]),
+                f"{own_params:,}",
+                f"{macs.get(name, 0):,}",
+            )
+        )
     params = count_params(model)
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    lines = ["  ".join(cell.ljust(widths[i]) if i < 3 else cell.rjust(widths[i]) for i, cell in enumerate(row))
-             for row in rows]
+    lines = [
+        "  ".join(cell.ljust(widths[i]) if i < 3 else cell.rjust(widths[i]) for i, cell in enumerate(row))
+        for row in rows
+    ]
     lines.insert(1, "-" * len(lines[0]))
     lines.append("-" * len(lines[0]))
-    lines.append(f"input 1x{'x'.join(map(str, input_shape))}  total params {params.total:,}  "
-                 f"trainable {params.trainable:,}  MACs/image {total_macs:,} (fvcore; FLOPs ~ 2x MACs)")
+    lines.append(
+        f"input 1x{'x'.join(map(str, input_shape))}  total params {params.total:,}  "
+        f"trainable {params.trainable:,}  MACs/image {total_macs:,} (fvcore; FLOPs ~ 2x MACs)"
+    )
     return "\n".join(lines)
 
 

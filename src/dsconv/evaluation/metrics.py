@@ -62,11 +62,17 @@ def fit_diagnosis(history: Sequence[dict[str, float]], best_epoch: int) -> dict[
         "train_acc_at_best": float(best["train_acc"]),
     }
     if (rise > 0.10 and epochs_since_min >= 2 and last["train_loss"] < best["train_loss"]) or gap_acc > 0.05:
-        verdict, reason = "overfitting", "validation loss rose after its minimum while training loss fell, " \
-            "or train accuracy exceeds validation accuracy by more than 5 points"
+        verdict, reason = (
+            "overfitting",
+            "validation loss rose after its minimum while training loss fell, "
+            "or train accuracy exceeds validation accuracy by more than 5 points",
+        )
     elif best["train_acc"] < 0.8 or falling:
-        verdict, reason = "underfitting", "training accuracy below 80% or training loss still falling " \
-            ">5%/epoch when training stopped (train longer or use a bigger model)"
+        verdict, reason = (
+            "underfitting",
+            "training accuracy below 80% or training loss still falling "
+            ">5%/epoch when training stopped (train longer or use a bigger model)",
+        )
     else:
         verdict, reason = "good fit", "small train/val gap and validation loss near its minimum"
     return {"verdict": verdict, "reason": reason, **details}

@@ -19,21 +19,34 @@ def confusion_matrix_figure(matrix: Sequence[Sequence[int]], classes: Sequence[s
     fig, ax = plt.subplots(figsize=(size, size * 0.9))
     image = ax.imshow(cm, cmap="Blues")
     fig.colorbar(image, ax=ax, fraction=0.046)
-    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted", ylabel="true",
-           title=title or "confusion matrix")
+    ax.set(
+        xticks=range(len(classes)),
+        yticks=range(len(classes)),
+        xlabel="predicted",
+        ylabel="true",
+        title=title or "confusion matrix",
+    )
     ax.set_xticklabels(classes, rotation=45, ha="right")
     ax.set_yticklabels(classes)
     threshold = cm.max() / 2 if cm.size else 0
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
-                    color="white" if cm[i, j] > threshold else "black")
+            ax.text(
+                j,
+                i,
+                str(cm[i, j]),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if cm[i, j] > threshold else "black",
+            )
     fig.tight_layout()
     return fig
 
 
-def sample_predictions_figure(images: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor,
-                              classes: Sequence[str], count: int = 24):
+def sample_predictions_figure(
+    images: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor, classes: Sequence[str], count: int = 24
+):
     """Misclassified examples first (they are the informative ones), then correct ones."""
     preds = logits.argmax(1).cpu()
     labels = labels.cpu()
@@ -52,8 +65,9 @@ def sample_predictions_figure(images: torch.Tensor, labels: torch.Tensor, logits
         else:
             ax.imshow(img.permute(1, 2, 0).numpy())
         ok = preds[idx] == labels[idx]
-        ax.set_title(f"{classes[preds[idx]]}\n(true {classes[labels[idx]]})", fontsize=7,
-                     color="green" if ok else "red")
+        ax.set_title(
+            f"{classes[preds[idx]]}\n(true {classes[labels[idx]]})", fontsize=7, color="green" if ok else "red"
+        )
     fig.suptitle("sample test predictions (red = wrong)", fontsize=9)
     fig.tight_layout()
     return fig

@@ -33,9 +33,19 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def write_figures(run_dir: Path, *, history: Sequence[dict[str, float]], best_epoch: int,
-                  confusion: Sequence[Sequence[int]], classes: Sequence[str], test_images: torch.Tensor,
-                  test_labels: torch.Tensor, test_logits: torch.Tensor, title: str, writer=None) -> None:
+def write_figures(
+    run_dir: Path,
+    *,
+    history: Sequence[dict[str, float]],
+    best_epoch: int,
+    confusion: Sequence[Sequence[int]],
+    classes: Sequence[str],
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    test_logits: torch.Tensor,
+    title: str,
+    writer=None,
+) -> None:
     figures = {
         "confusion_matrix": confusion_matrix_figure(confusion, classes, f"{title} — test confusion matrix"),
         "sample_predictions": sample_predictions_figure(test_images, test_labels, test_logits, classes),
@@ -50,8 +60,9 @@ def write_figures(run_dir: Path, *, history: Sequence[dict[str, float]], best_ep
             save_figure(fig, run_dir / f"{name}.png")
 
 
-def log_tensorboard_summary(writer, *, hparams: dict[str, Any], final: dict[str, float],
-                            report_text: str, flop_table: str, summary: str) -> None:
+def log_tensorboard_summary(
+    writer, *, hparams: dict[str, Any], final: dict[str, float], report_text: str, flop_table: str, summary: str
+) -> None:
     writer.add_text("test/classification_report", _code_block(report_text))
     writer.add_text("model/flop_table", _code_block(flop_table))
     writer.add_text("model/summary", _code_block(summary))
@@ -76,8 +87,10 @@ def classification_report_text(report: dict[str, Any]) -> str:
     lines = [f"{'class':>16} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}"]
     for name, row in report.items():
         if isinstance(row, dict):
-            lines.append(f"{name:>16} {row['precision']:9.4f} {row['recall']:9.4f} {row['f1-score']:9.4f} "
-                         f"{int(row['support']):8d}")
+            lines.append(
+                f"{name:>16} {row['precision']:9.4f} {row['recall']:9.4f} {row['f1-score']:9.4f} "
+                f"{int(row['support']):8d}"
+            )
         else:
             lines.append(f"{name:>16} {row:9.4f}")
     return "\n".join(lines)

@@ -38,9 +38,7 @@ def get_act_layer(spec: str | ActLayer | None, **kwargs: Any) -> ActLayer | None
     if isinstance(spec, str):
         key = spec.lower()
         if key not in _ACTIVATIONS:
-            raise ConfigError(
-                f"unknown activation {spec!r}: choose one of {', '.join(activation_names())}"
-            )
+            raise ConfigError(f"unknown activation {spec!r}: choose one of {', '.join(activation_names())}")
         return functools.partial(_ACTIVATIONS[key], **kwargs)
     if kwargs:
         return functools.partial(spec, **kwargs)

@@ -19,7 +19,8 @@ from dsconv.layers.separable import SeparableConv2d
 
 # Geometry comes from the replaced conv; only SeparableConv2d's keyword-only extras are options.
 SEPARABLE_OPTIONS: tuple[str, ...] = tuple(
-    name for name, param in inspect.signature(SeparableConv2d.__init__).parameters.items()
+    name
+    for name, param in inspect.signature(SeparableConv2d.__init__).parameters.items()
     if param.kind is inspect.Parameter.KEYWORD_ONLY
 )
 
@@ -72,8 +73,15 @@ def separable_like(conv: nn.Conv2d, **options: Any) -> SeparableConv2d:
     """A ``SeparableConv2d`` with ``conv``'s geometry, bias, device, dtype and train/eval mode."""
     _check_options(options)
     layer = SeparableConv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-        bias=conv.bias is not None, padding_mode=conv.padding_mode, **options,
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+        **options,
     )
     layer.to(device=conv.weight.device, dtype=conv.weight.dtype)
     return layer.train(conv.training)
@@ -98,9 +106,7 @@ def to_separable(
         )
     _check_options(options)
     if is_eligible(model, min_kernel_size):
-        raise ValueError(
-            "to_separable replaces convs inside a model, got a bare nn.Conv2d: use separable_like(conv)"
-        )
+        raise ValueError("to_separable replaces convs inside a model, got a bare nn.Conv2d: use separable_like(conv)")
 
     from dsconv.evaluation.complexity import count_macs, count_params  # lazy: keeps layers free of fvcore
 

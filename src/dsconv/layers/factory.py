@@ -37,29 +37,22 @@ def default_padding(kernel_size: int, dilation: int = 1) -> int:
 
 
 @register_conv("standard")
-def _standard(
-    in_ch, out_ch, kernel_size, stride=1, padding=None, dilation=1, bias=True, **options
-) -> nn.Module:
+def _standard(in_ch, out_ch, kernel_size, stride=1, padding=None, dilation=1, bias=True, **options) -> nn.Module:
     if options:
         raise ConfigError(
-            f"conv options {sorted(options)} apply to separable convs only: "
-            "drop them or use model.conv=separable"
+            f"conv options {sorted(options)} apply to separable convs only: drop them or use model.conv=separable"
         )
     padding = default_padding(kernel_size, dilation) if padding is None else padding
     return nn.Conv2d(in_ch, out_ch, kernel_size, stride, padding, dilation, bias=bias)
 
 
 @register_conv("separable")
-def _separable(
-    in_ch, out_ch, kernel_size, stride=1, padding=None, dilation=1, bias=True, **options
-) -> nn.Module:
+def _separable(in_ch, out_ch, kernel_size, stride=1, padding=None, dilation=1, bias=True, **options) -> nn.Module:
     padding = default_padding(kernel_size, dilation) if padding is None else padding
     return SeparableConv2d(in_ch, out_ch, kernel_size, stride, padding, dilation, bias=bias, **options)
 
 
-def make_conv(
-    kind: str, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, **options: Any
-) -> nn.Module:
+def make_conv(kind: str, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, **options: Any) -> nn.Module:
     """Build a bare convolution of ``kind`` (``standard`` | ``separable`` | ``inverted_residual``).
 
     ``padding`` defaults to the size-preserving ``dilation * (k - 1) // 2``; other ``options`` go

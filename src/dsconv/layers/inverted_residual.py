@@ -129,6 +129,15 @@ def _inverted_residual(
             f"use only {', '.join(_OPTIONS)} (model.conv_options)"
         )
     return InvertedResidual(
-        in_ch, out_ch, kernel_size, stride, padding, dilation, bias,
-        expand_ratio=expand_ratio, se_ratio=se_ratio, norm=norm, act_layer=act_layer,
+        in_ch,
+        out_ch,
+        kernel_size,
+        stride,
+        padding,
+        dilation,
+        bias,
+        expand_ratio=expand_ratio,
+        se_ratio=se_ratio,
+        norm=norm,
+        act_layer=act_layer,
     )

@@ -163,13 +163,18 @@ class SeparableConv2d(nn.Module):
         mid_channels = in_channels * int(depth_multiplier)
         norm_layer = get_norm_layer(norm)
         self.depthwise = nn.Conv2d(
-            in_channels, mid_channels, kernel_size, stride, padding, dilation,
-            groups=in_channels, bias=False, padding_mode=padding_mode,
+            in_channels,
+            mid_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups=in_channels,
+            bias=False,
+            padding_mode=padding_mode,
         )
         self.depthwise_norm = make_norm(norm_layer, mid_channels)
-        self.depthwise_scale = (
-            Scale(depthwise_scale, learnable_scale) if depthwise_scale is not None else nn.Identity()
-        )
+        self.depthwise_scale = Scale(depthwise_scale, learnable_scale) if depthwise_scale is not None else nn.Identity()
         self.depthwise_act = make_act(get_act_layer(depthwise_activation))
         self.se = make_se(mid_channels, se_ratio)
         self.pointwise = nn.Conv2d(mid_channels, out_channels, 1, bias=bias)
@@ -184,7 +189,8 @@ class SeparableConv2d(nn.Module):
         # None rather than Identity: an Identity shortcut means "add x", which differs from "no skip".
         self.shortcut = (
             _make_shortcut(in_channels, out_channels, kernel_size, stride, padding, dilation, norm_layer)
-            if skip else None
+            if skip
+            else None
         )
 
     # Readable attributes mirroring nn.Conv2d, so code written for it keeps working.
@@ -257,8 +263,13 @@ class SeparableConv2d(nn.Module):
 
 
 def _make_shortcut(
-    in_ch: int, out_ch: int, kernel_size: tuple[int, int], stride: tuple[int, int], padding: _Padding,
-    dilation: tuple[int, int], norm_layer: NormLayer | None,
+    in_ch: int,
+    out_ch: int,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: _Padding,
+    dilation: tuple[int, int],
+    norm_layer: NormLayer | None,
 ) -> nn.Module:
     if not keeps_size(kernel_size, padding, dilation):
         raise ValueError(

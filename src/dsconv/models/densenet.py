@@ -23,8 +23,16 @@ from dsconv.registry import register_model
 
 
 class DenseLayer(nn.Module):
-    def __init__(self, in_ch: int, growth_rate: int, kind: str, bottleneck_width: int | None,
-                 dropout: float, act_layer: Any, conv_options: dict) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        growth_rate: int,
+        kind: str,
+        bottleneck_width: int | None,
+        dropout: float,
+        act_layer: Any,
+        conv_options: dict,
+    ) -> None:
         super().__init__()
         if bottleneck_width:
             mid = bottleneck_width * growth_rate
@@ -93,8 +101,14 @@ class DenseNet4(nn.Module):
         for index, (kind, num_layers) in enumerate(zip(kinds, block_layers)):
             options = dict(conv_options or {}) if kind != "standard" else {}
             block = DenseBlock(
-                num_layers, channels, growth_rate, kind=kind, bottleneck_width=bottleneck_width,
-                dropout=dropout, act_layer=act_layer, conv_options=options,
+                num_layers,
+                channels,
+                growth_rate,
+                kind=kind,
+                bottleneck_width=bottleneck_width,
+                dropout=dropout,
+                act_layer=act_layer,
+                conv_options=options,
             )
             stages.append(block)
             channels = block.out_channels
@@ -104,7 +118,10 @@ class DenseNet4(nn.Module):
                 channels = reduced
         self.features = nn.Sequential(*stages)
         self.head = nn.Sequential(
-            nn.BatchNorm2d(channels), make_act(act_layer), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.BatchNorm2d(channels),
+            make_act(act_layer),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
             nn.Linear(channels, num_classes),
         )
         init_weights(self)

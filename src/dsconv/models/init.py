@@ -4,7 +4,7 @@ Convolutions (dense, depthwise and pointwise alike) use Kaiming-normal with ``fa
 choice of torchvision's ResNet and MobileNetV2: it keeps activation variance stable through ReLU
 stacks and treats a depthwise conv by its real fan-out (k*k per channel). Norm layers start as
 the identity (gamma 1, beta 0). Linear layers use Kaiming-uniform with ``fan_in`` so the very
-wide fully connected heads of seed 002 (16384 -> 1024) start at unit gain; biases start at 0.
+wide fully connected heads of the comparison document (16384 -> 1024) start at unit gain; biases start at 0.
 The last linear layer (the classifier) starts small, N(0, 0.01), so initial logits are near zero
 and the first loss is close to log(num_classes) instead of a large, noisy value.
 """

@@ -1,4 +1,4 @@
-"""Seed 000's MNIST network: three conv blocks (conv -> BN -> act -> max-pool), global average
+"""The separable-options document's MNIST network: three conv blocks (conv -> BN -> act -> max-pool), global average
 pooling, and a dense head with dropout 0.5; about 100K parameters with standard convs.
 
 The seed's Keras model puts BN and the activation *after* the whole (separable) conv, so the conv

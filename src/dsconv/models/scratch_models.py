@@ -1,6 +1,6 @@
-"""Seed 004's models built only from :mod:`dsconv.scratch` layers.
+"""The from-scratch document's models built only from :mod:`dsconv.scratch` layers.
 
-* ``scratch_cnn``: seed 004's CustomCNN: three 3x3 convs with 16, 32, 64 filters, each followed by
+* ``scratch_cnn``: the from-scratch document's CustomCNN: three 3x3 convs with 16, 32, 64 filters, each followed by
   ReLU and 2x2 max pooling, then two fully connected layers (flatten -> hidden -> classes).
   ``conv=separable`` swaps each conv for a scratch depthwise (``groups=C``) + pointwise pair.
 * ``scratch_transformer``: a ViT-style classifier: non-overlapping patch embedding, a learned class
@@ -59,7 +59,7 @@ def _conv_block(kind: str, in_ch: int, out_ch: int, kernel_size: int) -> list[nn
 
 
 class ScratchCNN(nn.Module):
-    """Seed 004's CustomCNN: ``[conv -> ReLU -> maxpool(2)] x 3 -> flatten -> fc -> ReLU -> dropout
+    """the from-scratch document's CustomCNN: ``[conv -> ReLU -> maxpool(2)] x 3 -> flatten -> fc -> ReLU -> dropout
     -> fc``."""
 
     def __init__(
@@ -78,9 +78,7 @@ class ScratchCNN(nn.Module):
         channels = list(channels)
         kinds = [conv] * len(channels) if isinstance(conv, str) else list(conv)
         if not channels or len(kinds) != len(channels):
-            raise ConfigError(
-                f"scratch_cnn needs one conv kind per stage: {len(channels)} stages, conv={conv!r}"
-            )
+            raise ConfigError(f"scratch_cnn needs one conv kind per stage: {len(channels)} stages, conv={conv!r}")
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ConfigError(f"scratch_cnn kernel_size must be odd and >= 1, got {kernel_size}")
         in_ch, height, width = input_shape
@@ -136,8 +134,13 @@ class ScratchViT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if pool == "cls" else None
         self.pos_encoding = S.PositionalEncoding(dim, max_len=num_patches + 1, dropout=dropout)
         layer = S.TransformerEncoderLayer(
-            dim, heads, dim_feedforward=round(dim * mlp_ratio), dropout=dropout,
-            activation=scratch_activation(act_layer)(), batch_first=True, norm_first=norm_first,
+            dim,
+            heads,
+            dim_feedforward=round(dim * mlp_ratio),
+            dropout=dropout,
+            activation=scratch_activation(act_layer)(),
+            batch_first=True,
+            norm_first=norm_first,
         )
         # Pre-norm stacks end with a final norm (as in ViT); post-norm layers already end normalised.
         self.encoder = S.TransformerEncoder(layer, depth, norm=S.LayerNorm(dim) if norm_first else None)

@@ -1,7 +1,7 @@
 """Per-stage conv kinds, so ``model.conv`` can name one kind or a hybrid list.
 
 ``model.conv=separable`` switches every swappable stage; ``model.conv=[standard,separable,separable]``
-keeps the first stage standard and makes the rest separable (seed 002's "hybrid models").
+keeps the first stage standard and makes the rest separable (the comparison document's "hybrid models").
 """
 
 from __future__ import annotations

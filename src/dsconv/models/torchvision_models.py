@@ -100,10 +100,20 @@ def _densify_depthwise(model: nn.Module) -> None:
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Conv2d) and child.groups > 1:
-                setattr(parent, name, nn.Conv2d(
-                    child.in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
-                    child.dilation, bias=child.bias is not None, padding_mode=child.padding_mode,
-                ))
+                setattr(
+                    parent,
+                    name,
+                    nn.Conv2d(
+                        child.in_channels,
+                        child.out_channels,
+                        child.kernel_size,
+                        child.stride,
+                        child.padding,
+                        child.dilation,
+                        bias=child.bias is not None,
+                        padding_mode=child.padding_mode,
+                    ),
+                )
 
 
 def _replace_activations(model: nn.Module, act_layer: Any) -> None:
@@ -117,9 +127,7 @@ def _replace_activations(model: nn.Module, act_layer: Any) -> None:
                 setattr(parent, name, make_act(factory))
 
 
-def _options_for(
-    model_name: str, conv_options: Mapping[str, Any] | None, has_separable: bool
-) -> dict[str, Any]:
+def _options_for(model_name: str, conv_options: Mapping[str, Any] | None, has_separable: bool) -> dict[str, Any]:
     options = dict(conv_options or {})
     if options and not has_separable:
         raise ConfigError(

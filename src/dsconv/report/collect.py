@@ -11,8 +11,18 @@ from typing import Any
 import yaml
 
 # Keys that never change what a run measures, so they must not split groups.
-IGNORED_KEYS = ("trainer.seed", "paths", "tensorboard", "debug", "objective", "trainer.progress_bar",
-                "trainer.resume", "trainer.num_threads", "trainer.eval_batch_size", "hydra")
+IGNORED_KEYS = (
+    "trainer.seed",
+    "paths",
+    "tensorboard",
+    "debug",
+    "objective",
+    "trainer.progress_bar",
+    "trainer.resume",
+    "trainer.num_threads",
+    "trainer.eval_batch_size",
+    "hydra",
+)
 
 
 @dataclass
@@ -65,8 +75,9 @@ def load_run(run_dir: Path) -> Run:
         run.config = run.config or run.failure.get("config", {})
     if (run_dir / "training_log.csv").is_file():
         with (run_dir / "training_log.csv").open() as handle:
-            run.history = [{k: float(v) for k, v in row.items() if v not in ("", None)}
-                           for row in csv.DictReader(handle)]
+            run.history = [
+                {k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)
+            ]
     if (run_dir / "confusion_matrix.json").is_file():
         run.confusion = json.loads((run_dir / "confusion_matrix.json").read_text())
     return run
@@ -162,5 +173,10 @@ def _conv_label(conv: Any) -> str:
 
 
 def _short(key: str) -> str:
-    return {"model.name": "model", "model.conv": "conv", "dataset.name": "dataset",
-            "optimizer.name": "optimizer", "activation.name": "activation"}.get(key, key)
+    return {
+        "model.name": "model",
+        "model.conv": "conv",
+        "dataset.name": "dataset",
+        "optimizer.name": "optimizer",
+        "activation.name": "activation",
+    }.get(key, key)

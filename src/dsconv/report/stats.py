@@ -11,9 +11,20 @@ from scipy import stats
 
 from dsconv.report.collect import Group
 
-METRICS = ("test_accuracy", "test_precision_macro", "test_recall_macro", "test_f1_macro", "params_total",
-           "macs_per_image", "latency_ms_b1", "throughput_img_s", "train_time_s", "mean_epoch_time_s",
-           "best_epoch", "epochs_run")
+METRICS = (
+    "test_accuracy",
+    "test_precision_macro",
+    "test_recall_macro",
+    "test_f1_macro",
+    "params_total",
+    "macs_per_image",
+    "latency_ms_b1",
+    "throughput_img_s",
+    "train_time_s",
+    "mean_epoch_time_s",
+    "best_epoch",
+    "epochs_run",
+)
 
 
 @dataclass
@@ -49,9 +60,9 @@ def group_table(group: Group) -> dict[str, Summary]:
 class PairComparison:
     standard: Group
     separable: Group
-    accuracy_diff: float          # separable - standard, in accuracy units
+    accuracy_diff: float  # separable - standard, in accuracy units
     f1_diff: float
-    p_value: float | None          # Welch's t-test on test accuracy across seeds
+    p_value: float | None  # Welch's t-test on test accuracy across seeds
     note: str
     param_ratio: float
     mac_ratio: float
@@ -97,13 +108,16 @@ def compare(standard: Group, separable: Group) -> PairComparison:
     if s["mean_epoch_time_s"].n and d["mean_epoch_time_s"].n and d["mean_epoch_time_s"].mean > 0:
         train_ratio = s["mean_epoch_time_s"].mean / d["mean_epoch_time_s"].mean
     return PairComparison(
-        standard, separable,
+        standard,
+        separable,
         accuracy_diff=d["test_accuracy"].mean - s["test_accuracy"].mean,
         f1_diff=d["test_f1_macro"].mean - s["test_f1_macro"].mean,
-        p_value=p_value, note=note,
+        p_value=p_value,
+        note=note,
         param_ratio=s["params_total"].mean / d["params_total"].mean,
         mac_ratio=s["macs_per_image"].mean / d["macs_per_image"].mean,
-        latency_speedup=latency, train_time_ratio=train_ratio,
+        latency_speedup=latency,
+        train_time_ratio=train_ratio,
     )
 
 

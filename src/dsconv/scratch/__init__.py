@@ -1,4 +1,4 @@
-"""Layers from scratch (seed 004): conv, pooling, linear, activations, attention and transformer
+"""Layers from scratch (the from-scratch document): conv, pooling, linear, activations, attention and transformer
 blocks written with tensor operations only, with hand-written backward passes for Conv2d, Linear,
 MaxPool2d and ReLU (``torch.autograd.Function``s in :mod:`dsconv.scratch.functional`).
 

@@ -32,7 +32,11 @@ def _additive_mask(mask: Tensor | None, like: Tensor, name: str) -> Tensor | Non
 
 
 def scaled_dot_product_attention(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, dropout_p: float = 0.0,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None = None,
+    dropout_p: float = 0.0,
     training: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """``softmax(q k^T / sqrt(d) + mask) v`` over ``(..., L, d)`` tensors; returns (output, weights)."""
@@ -47,15 +51,22 @@ class MultiHeadAttention(nn.Module):
     """``nn.MultiheadAttention`` twin (same ``kdim``/``vdim`` as the embedding, no bias_kv/zero_attn)."""
 
     def __init__(
-        self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
-        add_bias_kv: bool = False, add_zero_attn: bool = False, kdim: int | None = None,
-        vdim: int | None = None, batch_first: bool = False, device=None, dtype=None,
+        self,
+        embed_dim: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+        add_bias_kv: bool = False,
+        add_zero_attn: bool = False,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        batch_first: bool = False,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
         if embed_dim < 1 or num_heads < 1 or embed_dim % num_heads:
-            raise ValueError(
-                f"embed_dim ({embed_dim}) must be a positive multiple of num_heads ({num_heads})"
-            )
+            raise ValueError(f"embed_dim ({embed_dim}) must be a positive multiple of num_heads ({num_heads})")
         if add_bias_kv or add_zero_attn:
             raise ValueError("scratch MultiHeadAttention supports neither add_bias_kv nor add_zero_attn")
         if kdim not in (None, embed_dim) or vdim not in (None, embed_dim):
@@ -87,8 +98,14 @@ class MultiHeadAttention(nn.Module):
         return SF.linear(query, ws[0], bs[0]), SF.linear(key, ws[1], bs[1]), SF.linear(value, ws[2], bs[2])
 
     def forward(
-        self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
-        need_weights: bool = True, attn_mask: Tensor | None = None, average_attn_weights: bool = True,
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: Tensor | None = None,
+        average_attn_weights: bool = True,
         is_causal: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         """Same contract as ``nn.MultiheadAttention.forward``.
@@ -124,9 +141,7 @@ class MultiHeadAttention(nn.Module):
             if mask.dim() == 3:
                 mask = mask.view(batch, heads, tgt_len, src_len)
             elif mask.shape != (tgt_len, src_len):
-                raise ValueError(
-                    f"attn_mask must be ({tgt_len}, {src_len}) or (N*H, L, S), got {tuple(mask.shape)}"
-                )
+                raise ValueError(f"attn_mask must be ({tgt_len}, {src_len}) or (N*H, L, S), got {tuple(mask.shape)}")
         padding = _additive_mask(key_padding_mask, q, "key_padding_mask")
         if padding is not None:
             if padding.shape != (batch, src_len):

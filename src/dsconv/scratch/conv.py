@@ -134,8 +134,11 @@ def _depthwise_backward(g: Tensor, xp: Tensor, weight: Tensor, conf, out_hw, nee
     n, (ho, wo), og = xp.shape[0], out_hw, o // groups
     win, taps, mode = _depthwise_views(xp, weight, groups, stride, dilation, out_hw)
     # The output gradient in the same layout as the forward's output.
-    gt = {"rows": lambda: g.reshape(n, ho, wo * groups), "channels": lambda: g.reshape(n, ho, wo, groups),
-          "multiplier": lambda: g.reshape(n, ho, wo, groups, og)}[mode]()
+    gt = {
+        "rows": lambda: g.reshape(n, ho, wo * groups),
+        "channels": lambda: g.reshape(n, ho, wo, groups),
+        "multiplier": lambda: g.reshape(n, ho, wo, groups, og),
+    }[mode]()
     gxp = grad_w = None
     if needs[0]:
         gxp = xp.new_zeros(xp.shape)
@@ -253,8 +256,13 @@ class Conv2dFunction(torch.autograd.Function):
 
 
 def conv2d(
-    x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: IntPair = 1,
-    padding: IntPair | str = 0, dilation: IntPair = 1, groups: int = 1,
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: IntPair = 1,
+    padding: IntPair | str = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
 ) -> Tensor:
     """Same contract as ``torch.nn.functional.conv2d`` (zero padding; int, pair, 'same' or 'valid')."""
     stride_, dilation_ = pair(stride, "stride"), pair(dilation, "dilation")

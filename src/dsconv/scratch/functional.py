@@ -24,8 +24,20 @@ from dsconv.scratch.conv import Conv2dFunction, conv2d
 from dsconv.scratch.im2col import IntPair, Pads, col2im, out_size, pad_nhwc, pair, windows
 
 __all__ = [  # conv lives in dsconv.scratch.conv and is re-exported so every op is importable here
-    "Conv2dFunction", "LayerNormFunction", "LinearFunction", "MaxPool2dFunction", "ReLUFunction",
-    "SoftmaxFunction", "conv2d", "dropout", "gelu", "layer_norm", "linear", "max_pool2d", "relu", "softmax",
+    "Conv2dFunction",
+    "LayerNormFunction",
+    "LinearFunction",
+    "MaxPool2dFunction",
+    "ReLUFunction",
+    "SoftmaxFunction",
+    "conv2d",
+    "dropout",
+    "gelu",
+    "layer_norm",
+    "linear",
+    "max_pool2d",
+    "relu",
+    "softmax",
 ]
 
 Tensor = torch.Tensor
@@ -111,7 +123,10 @@ class MaxPool2dFunction(torch.autograd.Function):
 
 
 def max_pool2d(
-    x: Tensor, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
+    x: Tensor,
+    kernel_size: IntPair,
+    stride: IntPair | None = None,
+    padding: IntPair = 0,
     dilation: IntPair = 1,
 ) -> Tensor:
     """Same contract as ``torch.nn.functional.max_pool2d`` (``ceil_mode=False``); stride defaults
@@ -237,8 +252,9 @@ class LayerNormFunction(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             dxhat = grad_out * weight if weight is not None else grad_out
-            grad_x = rstd * (dxhat - dxhat.mean(dim=dims, keepdim=True)
-                             - xhat * (dxhat * xhat).mean(dim=dims, keepdim=True))
+            grad_x = rstd * (
+                dxhat - dxhat.mean(dim=dims, keepdim=True) - xhat * (dxhat * xhat).mean(dim=dims, keepdim=True)
+            )
         if weight is not None and ctx.needs_input_grad[1]:
             grad_w = (grad_out * xhat).sum(dim=leading)
         if ctx.has_bias and ctx.needs_input_grad[2]:

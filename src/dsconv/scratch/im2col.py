@@ -108,9 +108,7 @@ def conv_pads(
 def out_size(size: int, pad: int, kernel: int, stride: int, dilation: int, what: str = "input") -> int:
     span = dilation * (kernel - 1) + 1
     if size + pad < span:
-        raise ValueError(
-            f"{what} of size {size} (padded {size + pad}) is smaller than the dilated kernel ({span})"
-        )
+        raise ValueError(f"{what} of size {size} (padded {size + pad}) is smaller than the dilated kernel ({span})")
     return (size + pad - span) // stride + 1
 
 
@@ -131,7 +129,10 @@ def pad_nhwc(x: torch.Tensor, pads: Pads, value: float = 0.0) -> torch.Tensor:
 
 
 def windows(
-    xp: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
+    xp: torch.Tensor,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
     out_hw: tuple[int, int],
 ) -> torch.Tensor:
     """Zero-copy view ``(N, Ho, Wo, kh, kw, C)`` of every receptive field of NHWC tensor ``xp``."""

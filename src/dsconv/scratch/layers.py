@@ -31,15 +31,23 @@ class Conv2d(nn.Module):
     """``nn.Conv2d`` twin: weight ``(out, in/groups, kh, kw)``, bias ``(out,)``; zero padding only."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: IntPair, stride: IntPair = 1,
-        padding: IntPair | str = 0, dilation: IntPair = 1, groups: int = 1, bias: bool = True,
-        padding_mode: str = "zeros", device=None, dtype=None,
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntPair,
+        stride: IntPair = 1,
+        padding: IntPair | str = 0,
+        dilation: IntPair = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
         if groups < 1 or in_channels % groups or out_channels % groups:
             raise ValueError(
-                f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by "
-                f"groups ({groups})"
+                f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by groups ({groups})"
             )
         if padding_mode != "zeros":
             raise ValueError(f"scratch Conv2d supports padding_mode='zeros' only, got {padding_mode!r}")
@@ -72,17 +80,17 @@ class Conv2d(nn.Module):
         return SF.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
-                f"groups={self.groups}, bias={self.bias is not None}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+            f"groups={self.groups}, bias={self.bias is not None}"
+        )
 
 
 class Linear(nn.Module):
     """``nn.Linear`` twin: weight ``(out_features, in_features)``, bias ``(out_features,)``."""
 
-    def __init__(
-        self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None
-    ) -> None:
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None) -> None:
         super().__init__()
         if in_features < 1 or out_features < 1:
             raise ValueError(f"in_features and out_features must be >= 1, got {in_features}, {out_features}")
@@ -102,16 +110,20 @@ class Linear(nn.Module):
         return SF.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}")
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
 class MaxPool2d(nn.Module):
     """``nn.MaxPool2d`` twin (``ceil_mode=False``, no ``return_indices``); stride defaults to the kernel."""
 
     def __init__(
-        self, kernel_size: IntPair, stride: IntPair | None = None, padding: IntPair = 0,
-        dilation: IntPair = 1, return_indices: bool = False, ceil_mode: bool = False,
+        self,
+        kernel_size: IntPair,
+        stride: IntPair | None = None,
+        padding: IntPair = 0,
+        dilation: IntPair = 1,
+        return_indices: bool = False,
+        ceil_mode: bool = False,
     ) -> None:
         super().__init__()
         if return_indices or ceil_mode:
@@ -121,16 +133,13 @@ class MaxPool2d(nn.Module):
         self.padding = pair(padding, "padding", minimum=0)
         self.dilation = pair(dilation, "dilation")
         if self.padding[0] > self.kernel_size[0] // 2 or self.padding[1] > self.kernel_size[1] // 2:
-            raise ValueError(
-                f"padding {self.padding} must be at most half the kernel size {self.kernel_size}"
-            )
+            raise ValueError(f"padding {self.padding} must be at most half the kernel size {self.kernel_size}")
 
     def forward(self, x: Tensor) -> Tensor:
         return SF.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation)
 
     def extra_repr(self) -> str:
-        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-                f"dilation={self.dilation}")
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, dilation={self.dilation}"
 
 
 class ReLU(nn.Module):
@@ -191,8 +200,13 @@ class LayerNorm(nn.Module):
     """``nn.LayerNorm`` twin (weight/bias over ``normalized_shape``); autograd does its backward."""
 
     def __init__(
-        self, normalized_shape: int | Sequence[int], eps: float = 1e-5, elementwise_affine: bool = True,
-        bias: bool = True, device=None, dtype=None,
+        self,
+        normalized_shape: int | Sequence[int],
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
         shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
@@ -206,7 +220,7 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(shape, **factory)) if elementwise_affine and bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        if tuple(x.shape[-len(self.normalized_shape):]) != self.normalized_shape:
+        if tuple(x.shape[-len(self.normalized_shape) :]) != self.normalized_shape:
             raise ValueError(f"LayerNorm over {self.normalized_shape} got input of shape {tuple(x.shape)}")
         return SF.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 

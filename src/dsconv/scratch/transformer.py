@@ -35,9 +35,7 @@ def make_activation(activation: str | nn.Module | Callable[[], nn.Module]) -> nn
     raise ValueError(f"activation must be 'relu', 'gelu' or a scratch ReLU/GELU, got {activation!r}")
 
 
-def feed_forward(
-    x: Tensor, linear1: Linear, activation: nn.Module, dropout: Dropout, linear2: Linear
-) -> Tensor:
+def feed_forward(x: Tensor, linear1: Linear, activation: nn.Module, dropout: Dropout, linear2: Linear) -> Tensor:
     return linear2(dropout(activation(linear1(x))))
 
 
@@ -45,7 +43,11 @@ class FeedForward(nn.Module):
     """Position-wise MLP ``linear2(dropout(act(linear1(x))))`` applied to every token alike."""
 
     def __init__(
-        self, d_model: int, dim_feedforward: int, dropout: float = 0.0, activation: str | nn.Module = "relu",
+        self,
+        d_model: int,
+        dim_feedforward: int,
+        dropout: float = 0.0,
+        activation: str | nn.Module = "relu",
         bias: bool = True,
     ) -> None:
         super().__init__()
@@ -63,9 +65,18 @@ class TransformerEncoderLayer(nn.Module):
     residual connection and layer norm, post-norm (``norm(x + f(x))``) or pre-norm (``x + f(norm(x))``)."""
 
     def __init__(
-        self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
-        activation: str | nn.Module = "relu", layer_norm_eps: float = 1e-5, batch_first: bool = False,
-        norm_first: bool = False, bias: bool = True, device=None, dtype=None,
+        self,
+        d_model: int,
+        nhead: int,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        activation: str | nn.Module = "relu",
+        layer_norm_eps: float = 1e-5,
+        batch_first: bool = False,
+        norm_first: bool = False,
+        bias: bool = True,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
@@ -83,7 +94,10 @@ class TransformerEncoderLayer(nn.Module):
         self.activation = make_activation(activation)
 
     def forward(
-        self, src: Tensor, src_mask: Tensor | None = None, src_key_padding_mask: Tensor | None = None,
+        self,
+        src: Tensor,
+        src_mask: Tensor | None = None,
+        src_key_padding_mask: Tensor | None = None,
         is_causal: bool = False,
     ) -> Tensor:
         x = src
@@ -96,8 +110,9 @@ class TransformerEncoderLayer(nn.Module):
         return x
 
     def _sa_block(self, x: Tensor, mask: Tensor | None, padding: Tensor | None, is_causal: bool) -> Tensor:
-        out = self.self_attn(x, x, x, key_padding_mask=padding, need_weights=False, attn_mask=mask,
-                             is_causal=is_causal)[0]
+        out = self.self_attn(
+            x, x, x, key_padding_mask=padding, need_weights=False, attn_mask=mask, is_causal=is_causal
+        )[0]
         return self.dropout1(out)
 
     def _ff_block(self, x: Tensor) -> Tensor:
@@ -107,9 +122,7 @@ class TransformerEncoderLayer(nn.Module):
 class TransformerEncoder(nn.Module):
     """``nn.TransformerEncoder`` twin: ``num_layers`` deep copies of ``encoder_layer``, then ``norm``."""
 
-    def __init__(
-        self, encoder_layer: TransformerEncoderLayer, num_layers: int, norm: LayerNorm | None = None
-    ) -> None:
+    def __init__(self, encoder_layer: TransformerEncoderLayer, num_layers: int, norm: LayerNorm | None = None) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
@@ -118,7 +131,10 @@ class TransformerEncoder(nn.Module):
         self.norm = norm
 
     def forward(
-        self, src: Tensor, mask: Tensor | None = None, src_key_padding_mask: Tensor | None = None,
+        self,
+        src: Tensor,
+        mask: Tensor | None = None,
+        src_key_padding_mask: Tensor | None = None,
         is_causal: bool = False,
     ) -> Tensor:
         x = src
@@ -142,9 +158,7 @@ class PositionalEncoding(nn.Module):
     ``L <= max_len``. The table is a non-persistent buffer: it is a function of the shape, so it
     stays out of state_dicts and ``max_len`` can change between save and load."""
 
-    def __init__(
-        self, d_model: int, max_len: int = 5000, dropout: float = 0.0, batch_first: bool = True
-    ) -> None:
+    def __init__(self, d_model: int, max_len: int = 5000, dropout: float = 0.0, batch_first: bool = True) -> None:
         super().__init__()
         if d_model < 1 or max_len < 1:
             raise ValueError(f"d_model and max_len must be >= 1, got {d_model}, {max_len}")
@@ -165,8 +179,9 @@ class PositionalEncoding(nn.Module):
 class Embedding(nn.Module):
     """``nn.Embedding`` twin (token embedding): ``weight (num_embeddings, embedding_dim)``, N(0, 1) init."""
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
-                 device=None, dtype=None) -> None:
+    def __init__(
+        self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None, device=None, dtype=None
+    ) -> None:
         super().__init__()
         if padding_idx is not None and not -num_embeddings <= padding_idx < num_embeddings:
             raise ValueError(f"padding_idx {padding_idx} out of range for {num_embeddings} embeddings")

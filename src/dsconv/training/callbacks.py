@@ -82,8 +82,10 @@ def unwritable_reason(directory: str | Path) -> str | None:
 
 
 def bad_output_dir_message(directory: str | Path, reason: str) -> str:
-    return (f"output dir {directory} is not writable ({reason}): set paths.output_dir (or DSCONV_OUTPUT_DIR), "
-            "hydra.run.dir or hydra.sweep.dir to a writable directory")
+    return (
+        f"output dir {directory} is not writable ({reason}): set paths.output_dir (or DSCONV_OUTPUT_DIR), "
+        "hydra.run.dir or hydra.sweep.dir to a writable directory"
+    )
 
 
 def summarize_failures(sweep_dir: Path) -> tuple[list[Path], str]:

@@ -44,8 +44,11 @@ class ResumePoint:
         return int(self.state["trainer"]["step"])
 
     def describe(self) -> str:
-        where = f"epoch {self.epoch + 1} after step {self.step}" if self.state.get("in_epoch") else (
-            f"the end of epoch {self.epoch} (step {self.step})")
+        where = (
+            f"epoch {self.epoch + 1} after step {self.step}"
+            if self.state.get("in_epoch")
+            else (f"the end of epoch {self.epoch} (step {self.step})")
+        )
         return f"{self.path} at {where}"
 
 
@@ -61,8 +64,9 @@ def load_training_checkpoint(path: Path, map_location: str | torch.device = "cpu
     return state
 
 
-def find_resume_point(spec: str | None, run_dir: Path, map_location: str | torch.device = "cpu", *,
-                      tidy: bool = True) -> ResumePoint | None:
+def find_resume_point(
+    spec: str | None, run_dir: Path, map_location: str | torch.device = "cpu", *, tidy: bool = True
+) -> ResumePoint | None:
     """Resolve ``trainer.resume``; ``None`` means start from scratch. ``tidy=False`` (data-parallel ranks
     other than 0) leaves half-written temporaries for rank 0 to remove."""
     run_dir = Path(run_dir)
@@ -70,13 +74,18 @@ def find_resume_point(spec: str | None, run_dir: Path, map_location: str | torch
     if spec is None or str(spec).strip().lower() in ("", "null", "none"):
         existing = [name for name in CANDIDATES if (own / name).is_file()]
         if existing:
-            raise ConfigError(f"run dir {run_dir} already holds checkpoints ({', '.join(existing)}): continue it with "
-                              "trainer.resume=auto, or start the new run in another hydra.run.dir")
+            raise ConfigError(
+                f"run dir {run_dir} already holds checkpoints ({', '.join(existing)}): continue it with "
+                "trainer.resume=auto, or start the new run in another hydra.run.dir"
+            )
         return None
     if str(spec) == "auto":
         if not any((own / name).is_file() for name in CANDIDATES):
-            log.warning("trainer.resume=auto: no checkpoint in %s, starting from scratch (to continue an earlier "
-                        "run, launch with hydra.run.dir=<its run dir> trainer.resume=auto)", own)
+            log.warning(
+                "trainer.resume=auto: no checkpoint in %s, starting from scratch (to continue an earlier "
+                "run, launch with hydra.run.dir=<its run dir> trainer.resume=auto)",
+                own,
+            )
             return None
         if tidy:
             remove_stale_temporaries(own)
@@ -124,11 +133,15 @@ def check_compatible(point: ResumePoint, cfg: DictConfig, current: dict[str, Any
         if keys:
             shown = ", ".join(f"{k} ({_show(saved.get(k))} -> {_show(current.get(k))})" for k in keys[:6])
             more = f" and {len(keys) - 6} more" if len(keys) > 6 else ""
-            raise ConfigError(f"cannot resume from {point.path}: it was trained with different settings: {shown}"
-                              f"{more}; resume with the original values or start a new run (trainer.resume=null)")
+            raise ConfigError(
+                f"cannot resume from {point.path}: it was trained with different settings: {shown}"
+                f"{more}; resume with the original values or start a new run (trainer.resume=null)"
+            )
     elif point.state.get("config_hash") not in (None, config_hash(cfg)):
-        raise ConfigError(f"cannot resume from {point.path}: its training config hash differs from this run's; "
-                          "resume with the original settings or start a new run")
+        raise ConfigError(
+            f"cannot resume from {point.path}: its training config hash differs from this run's; "
+            "resume with the original settings or start a new run"
+        )
 
 
 def _show(value: Any) -> str:
@@ -157,8 +170,10 @@ def resume_command(argv0: str, overrides: list[str], run_dir: Path, launch: Laun
     if launch is not None and launch.launcher == "torchrun":
         shape = f"--standalone --nproc_per_node={launch.local_world_size}"
         if launch.nodes > 1:  # the rendezvous endpoint is the user's to give
-            shape = (f"--nnodes={launch.nodes} --nproc_per_node={launch.local_world_size} --rdzv-backend=c10d "
-                     "--rdzv-endpoint=HOST:PORT")
+            shape = (
+                f"--nnodes={launch.nodes} --nproc_per_node={launch.local_world_size} --rdzv-backend=c10d "
+                "--rdzv-endpoint=HOST:PORT"
+            )
         program = f"torchrun {shape} " + (argv0 if program.startswith("python ") else f"--no-python {program}")
     kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("hydra.run.dir", "trainer.resume")]
     return shlex.join([*program.split(), *kept, f"hydra.run.dir={run_dir}", "trainer.resume=auto"])

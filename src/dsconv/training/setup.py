@@ -57,8 +57,11 @@ def resolve_speed_settings(tcfg: Any, device: torch.device) -> SpeedSettings:
         elif _cpu_has_fast_bf16():
             precision, channels_last = "bf16", CPU_FAST_CHANNELS_LAST
     return SpeedSettings(
-        precision=precision, channels_last=channels_last, compile=bool(tcfg.compile),
-        fused_optimizer=device.type == "cuda", cudnn_benchmark=device.type == "cuda" and not tcfg.deterministic,
+        precision=precision,
+        channels_last=channels_last,
+        compile=bool(tcfg.compile),
+        fused_optimizer=device.type == "cuda",
+        cudnn_benchmark=device.type == "cuda" and not tcfg.deterministic,
     )
 
 
@@ -92,16 +95,18 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(False)
 
 
-def inference_profile(cfg: DictConfig, model: nn.Module, input_shape: tuple[int, ...],
-                      speed: SpeedSettings) -> dict[str, Any]:
+def inference_profile(
+    cfg: DictConfig, model: nn.Module, input_shape: tuple[int, ...], speed: SpeedSettings
+) -> dict[str, Any]:
     """Batch-1 latency and batched throughput in the run's precision and memory format (~1-2 s)."""
     if not cfg.get("profile_inference", True):
         return {}
     from dsconv.benchmark.measure import quick_inference_profile
 
     try:
-        return quick_inference_profile(model, input_shape, dtype=speed.precision,
-                                       channels_last=speed.channels_last, batch_size=64)
+        return quick_inference_profile(
+            model, input_shape, dtype=speed.precision, channels_last=speed.channels_last, batch_size=64
+        )
     except Exception as exc:  # a profiling hiccup must not cost the run its results
         log.warning("inference profile skipped: %s", exc)
         return {}
@@ -117,8 +122,9 @@ def run_training_config(cfg: DictConfig, world_size: int) -> dict[str, Any]:
     return config
 
 
-def build_components(cfg: DictConfig, data: DatasetSplits, model: nn.Module, device: torch.device,
-                     *, rank: int = 0, world_size: int = 1) -> RunComponents:
+def build_components(
+    cfg: DictConfig, data: DatasetSplits, model: nn.Module, device: torch.device, *, rank: int = 0, world_size: int = 1
+) -> RunComponents:
     """Move data and model to ``device`` and build batches, optimizer and LR schedule.
 
     ``rank``/``world_size`` shard the data for data-parallel runs: training batches by stride (each
@@ -131,8 +137,10 @@ def build_components(cfg: DictConfig, data: DatasetSplits, model: nn.Module, dev
         torch.backends.cudnn.benchmark = True
     batch_size = per_rank_batch_size(tcfg, world_size)
     if batch_size > len(data.train) // world_size:
-        raise ConfigError(f"trainer.batch_size={tcfg.batch_size} needs {batch_size} images per process and step, "
-                          f"more than the {len(data.train) // world_size} training images per process: lower it")
+        raise ConfigError(
+            f"trainer.batch_size={tcfg.batch_size} needs {batch_size} images per process and step, "
+            f"more than the {len(data.train) // world_size} training images per process: lower it"
+        )
     if min(len(data.val), len(data.test)) < world_size:
         raise ConfigError(f"the validation or test split is smaller than the {world_size} processes")
     memory_format = torch.channels_last if speed.channels_last else torch.contiguous_format
@@ -148,14 +156,25 @@ def build_components(cfg: DictConfig, data: DatasetSplits, model: nn.Module, dev
     normalize = Normalize(mean[:channels], std[:channels], device)
     data_gen = torch.Generator().manual_seed(int(tcfg.seed))
     augment = GpuAugment(int(cfg.dataset.augment.crop_padding), bool(cfg.dataset.augment.hflip))
-    train_batches = DeviceBatches(train_split, batch_size, normalize, shuffle=True, drop_last=True,
-                                  augment=augment, generator=data_gen, channels_last=speed.channels_last,
-                                  rank=rank, world_size=world_size)
+    train_batches = DeviceBatches(
+        train_split,
+        batch_size,
+        normalize,
+        shuffle=True,
+        drop_last=True,
+        augment=augment,
+        generator=data_gen,
+        channels_last=speed.channels_last,
+        rank=rank,
+        world_size=world_size,
+    )
     eval_bs = int(tcfg.get("eval_batch_size", 1024))
-    val_batches = DeviceBatches(shard(val_split, rank, world_size), eval_bs, normalize,
-                                channels_last=speed.channels_last)
-    test_batches = DeviceBatches(shard(test_split, rank, world_size), eval_bs, normalize,
-                                 channels_last=speed.channels_last)
+    val_batches = DeviceBatches(
+        shard(val_split, rank, world_size), eval_bs, normalize, channels_last=speed.channels_last
+    )
+    test_batches = DeviceBatches(
+        shard(test_split, rank, world_size), eval_bs, normalize, channels_last=speed.channels_last
+    )
     optimizer = build_optimizer(model.parameters(), cfg.optimizer, fused=speed.fused_optimizer)
     schedule = build_scheduler(optimizer, cfg.scheduler, int(tcfg.epochs), len(train_batches))
     return RunComponents(model, train_batches, val_batches, test_batches, data_gen, optimizer, schedule, speed)

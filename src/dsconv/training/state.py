@@ -77,16 +77,32 @@ class EpochProgress:
     elapsed_s: float = 0.0
 
     def to_state(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "lr": self.lr, "batches_done": self.batches_done, "seen": self.seen,
-                "elapsed_s": self.elapsed_s, "loss_sum": self.loss_sum.detach().cpu(),
-                "correct": self.correct.detach().cpu(), "first_bad_step": self.first_bad_step.detach().cpu()}
+        return {
+            "epoch": self.epoch,
+            "lr": self.lr,
+            "batches_done": self.batches_done,
+            "seen": self.seen,
+            "elapsed_s": self.elapsed_s,
+            "loss_sum": self.loss_sum.detach().cpu(),
+            "correct": self.correct.detach().cpu(),
+            "first_bad_step": self.first_bad_step.detach().cpu(),
+        }
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], generator_state: torch.Tensor | None,
-                   device: torch.device) -> EpochProgress:
-        return cls(int(state["epoch"]), float(state["lr"]), generator_state, state["loss_sum"].to(device),
-                   state["correct"].to(device), state["first_bad_step"].to(device), int(state["batches_done"]),
-                   int(state["seen"]), float(state["elapsed_s"]))
+    def from_state(
+        cls, state: dict[str, Any], generator_state: torch.Tensor | None, device: torch.device
+    ) -> EpochProgress:
+        return cls(
+            int(state["epoch"]),
+            float(state["lr"]),
+            generator_state,
+            state["loss_sum"].to(device),
+            state["correct"].to(device),
+            state["first_bad_step"].to(device),
+            int(state["batches_done"]),
+            int(state["seen"]),
+            float(state["elapsed_s"]),
+        )
 
 
 def append_csv(path: Path, row: dict[str, float]) -> None:

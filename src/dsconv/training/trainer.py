@@ -143,8 +143,14 @@ class Trainer:
             pass
         start = time.perf_counter() - progress.elapsed_s
         total = len(batches) if hasattr(batches, "__len__") else None
-        bar = tqdm(iterator, desc=f"epoch {epoch}/{self.epochs}", leave=False, disable=None if self.progress else True,
-                   total=total, initial=progress.batches_done)
+        bar = tqdm(
+            iterator,
+            desc=f"epoch {epoch}/{self.epochs}",
+            leave=False,
+            disable=None if self.progress else True,
+            total=total,
+            initial=progress.batches_done,
+        )
         for images, labels in bar:
             self._train_step(images, labels, progress)
             progress.batches_done += 1
@@ -180,10 +186,13 @@ class Trainer:
             return pending
         zeros = dict(device=self.device)
         self._epoch = EpochProgress(
-            epoch, float(self.optimizer.param_groups[0]["lr"]),
+            epoch,
+            float(self.optimizer.param_groups[0]["lr"]),
             self.data_generator.get_state() if self.data_generator is not None else None,
-            torch.zeros((), **zeros), torch.zeros((), dtype=torch.long, **zeros),
-            torch.full((), -1, dtype=torch.long, **zeros))
+            torch.zeros((), **zeros),
+            torch.zeros((), dtype=torch.long, **zeros),
+            torch.full((), -1, dtype=torch.long, **zeros),
+        )
         return self._epoch
 
     def _train_step(self, images: torch.Tensor, labels: torch.Tensor, progress: EpochProgress) -> None:
@@ -221,9 +230,15 @@ class Trainer:
             raise NonFiniteLossError(
                 f"training loss was {value} at {where}: {self.state.skipped_steps} steps skipped, more than "
                 f"trainer.max_skipped_steps={self.max_skipped_steps}; {self._last_good()}. "
-                "Lower optimizer.lr or set trainer.grad_clip")
-        log.warning("non-finite training loss (%s) at %s: step skipped (%d of at most %d)", value, where,
-                    self.state.skipped_steps, self.max_skipped_steps)
+                "Lower optimizer.lr or set trainer.grad_clip"
+            )
+        log.warning(
+            "non-finite training loss (%s) at %s: step skipped (%d of at most %d)",
+            value,
+            where,
+            self.state.skipped_steps,
+            self.max_skipped_steps,
+        )
 
     def _raise_if_nonfinite(self, progress: EpochProgress) -> None:
         bad_step = int(progress.first_bad_step)  # the one host sync this policy costs per check
@@ -234,7 +249,8 @@ class Trainer:
         if bad_step >= 0:
             raise NonFiniteLossError(
                 f"training loss became NaN/Inf at epoch {progress.epoch}, step {bad_step}; training stopped, "
-                f"{self._last_good()}. Lower optimizer.lr, set trainer.grad_clip, or use trainer.nan_policy=skip")
+                f"{self._last_good()}. Lower optimizer.lr, set trainer.grad_clip, or use trainer.nan_policy=skip"
+            )
 
     def _stop_requested(self) -> bool:
         local = self._stop is not None and self._stop.requested
@@ -293,7 +309,8 @@ class Trainer:
         if not math.isfinite(val.loss):
             raise NonFiniteLossError(
                 f"validation loss is {val.loss} after epoch {epoch} (step {self.state.step}): the weights diverged; "
-                f"training stopped, {self._last_good()}. Lower optimizer.lr or set trainer.grad_clip")
+                f"training stopped, {self._last_good()}. Lower optimizer.lr or set trainer.grad_clip"
+            )
         self.schedule.after_epoch(val.loss)
         self.state.epoch = epoch
         self.state.history.append(row)
@@ -302,8 +319,16 @@ class Trainer:
             append_csv(log_path, row)
         log.info(
             "epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.3g | %.1fs %.0f img/s%s",
-            epoch, self.epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
-            row["lr"], row["epoch_time_s"], row["images_per_s"], "  *best*" if improved else "",
+            epoch,
+            self.epochs,
+            row["train_loss"],
+            row["train_acc"],
+            row["val_loss"],
+            row["val_acc"],
+            row["lr"],
+            row["epoch_time_s"],
+            row["images_per_s"],
+            "  *best*" if improved else "",
         )
         if self.on_epoch_end is not None:
             self.on_epoch_end(row)
@@ -315,9 +340,13 @@ class Trainer:
         if self._stop_requested():
             self._interrupt(self.checkpoint_dir / "last.pt")
         if self.early_stopping.should_stop:
-            log.info("early stopping: %s has not improved for %d epochs (best %.4f at epoch %d)",
-                     self.early_stopping.monitor, self.early_stopping.patience,
-                     self.early_stopping.best, self.early_stopping.best_epoch)
+            log.info(
+                "early stopping: %s has not improved for %d epochs (best %.4f at epoch %d)",
+                self.early_stopping.monitor,
+                self.early_stopping.patience,
+                self.early_stopping.best,
+                self.early_stopping.best_epoch,
+            )
             return False
         return True
 
@@ -328,8 +357,11 @@ class Trainer:
 
     def _interrupt(self, path: Path) -> None:
         assert self._stop is not None
-        where = (f"epoch {self._epoch.epoch}, step {self.state.step}" if self._epoch is not None
-                 else f"the end of epoch {self.state.epoch}")
+        where = (
+            f"epoch {self._epoch.epoch}, step {self.state.step}"
+            if self._epoch is not None
+            else f"the end of epoch {self.state.epoch}"
+        )
         hint = self.resume_hint or f"trainer.resume={path}"
         signum = self._stop.signum or 0
         if self.dist is not None:
@@ -354,8 +386,13 @@ class Trainer:
             "scheduler": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
             "early_stopping": asdict(self.early_stopping),
-            "trainer": {"epoch": self.state.epoch, "step": self.state.step, "history": self.state.history,
-                        "skipped_steps": self.state.skipped_steps, "train_time_s": train_time},
+            "trainer": {
+                "epoch": self.state.epoch,
+                "step": self.state.step,
+                "history": self.state.history,
+                "skipped_steps": self.state.skipped_steps,
+                "train_time_s": train_time,
+            },
             "rng": rng_state(),
             # Inside an epoch: the generator as of the epoch start (see the module docstring).
             "data_generator": progress.generator_state if progress is not None else generator,
@@ -375,8 +412,13 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.early_stopping = EarlyStopping(**state["early_stopping"])
         trainer = state["trainer"]
-        self.state = TrainerState(int(trainer["epoch"]), int(trainer["step"]), list(trainer["history"]),
-                                  int(trainer.get("skipped_steps", 0)), float(trainer.get("train_time_s", 0.0)))
+        self.state = TrainerState(
+            int(trainer["epoch"]),
+            int(trainer["step"]),
+            list(trainer["history"]),
+            int(trainer.get("skipped_steps", 0)),
+            float(trainer.get("train_time_s", 0.0)),
+        )
         own = own_rank_state(state, self.dist)
         if own["rng"] is not None:
             set_rng_state(own["rng"])

@@ -1,4 +1,4 @@
-"""The CIFAR-10 CNN pair of seed 002, reproduced layer for layer.
+"""The CIFAR-10 CNN pair of the comparison document, reproduced layer for layer.
 
 ``conv=standard`` is the seed's ``cnn.py``; ``conv=separable`` its ``depthwise.py``: the first three
 convs and Conv(128->256) become MobileNet ``conv_dw`` blocks (3x3 depthwise, BN, act; 1x1 pointwise,
@@ -19,7 +19,7 @@ from dsconv.models.stages import stage_kinds
 from dsconv.registry import register_model
 
 # (out_channels, batch norm, max-pool + dropout after, swappable to DS) per conv, as in the seed.
-SEED002_CONVS: tuple[tuple[int, bool, bool, bool], ...] = (
+CNN_CONVS: tuple[tuple[int, bool, bool, bool], ...] = (
     (32, True, False, True),
     (64, True, False, True),
     (128, True, False, True),
@@ -27,10 +27,10 @@ SEED002_CONVS: tuple[tuple[int, bool, bool, bool], ...] = (
     (256, True, False, True),
     (256, False, True, False),
 )
-SEED002_HIDDEN = (1024, 512)
+CNN_HIDDEN = (1024, 512)
 
 
-class Seed002CNN(nn.Module):
+class CifarCNN(nn.Module):
     def __init__(
         self,
         input_shape: tuple[int, int, int],
@@ -43,15 +43,16 @@ class Seed002CNN(nn.Module):
     ) -> None:
         super().__init__()
         in_ch, height, width = input_shape
-        swappable = sum(1 for spec in SEED002_CONVS if spec[3])
+        swappable = sum(1 for spec in CNN_CONVS if spec[3])
         kinds = iter(stage_kinds(conv, swappable))
         layers: list[nn.Module] = []
-        for out_ch, use_bn, pool, swappable_conv in SEED002_CONVS:
+        for out_ch, use_bn, pool, swappable_conv in CNN_CONVS:
             kind = next(kinds) if swappable_conv else "standard"
             options = dict(conv_options or {}) if kind != "standard" else {"bias": True}
             layers.append(
-                conv_norm_act(kind, in_ch, out_ch, 3, norm_layer="batch" if use_bn else None,
-                              act_layer=act_layer, **options)
+                conv_norm_act(
+                    kind, in_ch, out_ch, 3, norm_layer="batch" if use_bn else None, act_layer=act_layer, **options
+                )
             )
             if pool:
                 layers.append(nn.MaxPool2d(2))
@@ -61,7 +62,7 @@ class Seed002CNN(nn.Module):
             in_ch = out_ch
         self.features = nn.Sequential(*layers)
         flat = in_ch * height * width  # 256 * 8 * 8 = 16384 at 32x32; follows the input shape
-        hidden1, hidden2 = SEED002_HIDDEN
+        hidden1, hidden2 = CNN_HIDDEN
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Linear(flat, hidden1),
@@ -77,6 +78,6 @@ class Seed002CNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-@register_model("seed002_cnn")
-def seed002_cnn(input_shape, num_classes, **options) -> nn.Module:
-    return Seed002CNN(input_shape, num_classes, **options)
+@register_model("cifar_cnn")
+def cifar_cnn(input_shape, num_classes, **options) -> nn.Module:
+    return CifarCNN(input_shape, num_classes, **options)
