@@ -1,9 +1,13 @@
-"""dsconv-bench: structure and units of the output on tiny configs (never the timings themselves)."""
+"""dsconv-bench: structure and units of the output on tiny configs (never the timings themselves).
+
+The timing logic, MAC counts, roofline and runtimes have their own files (tests/test_bench_*.py,
+tests/test_roofline.py, tests/test_runtimes.py)."""
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 import time
@@ -12,6 +16,7 @@ import pytest
 import torch
 import torch.nn as nn
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from dsconv.benchmark import quick_inference_profile, time_callable
 from dsconv.benchmark.cli import run_bench
@@ -32,12 +37,29 @@ FAST = [
     "memory.method=off",
     "output.plots=false",
     "timing.warmup=1",
-    "timing.min_iters=2",
-    "timing.max_iters=2",
+    "timing.min_rounds=2",
+    "timing.max_rounds=2",
     "timing.max_time_s=0",
-    "timing.retries=0",
     "batch.throughput=4",
     "batch.train=2",
+    "sections.roofline=false",
+    "sections.runtimes=false",
+]
+# The roofline and runtime sections at their smallest: seconds, not minutes.
+TINY_SECTIONS = [
+    "sections.roofline=true",
+    "sections.runtimes=true",
+    "roofline.dtypes=[fp32]",
+    "roofline.gemm_size=64",
+    "roofline.stream_mib=1",
+    "roofline.cache_kib=16",
+    "roofline.repeats=1",
+    "roofline.layer_time_s=0",
+    "roofline.batch=2",
+    "runtimes.list=[eager_fp32,onnxruntime]",
+    "runtimes.batches=[1,2]",
+    "runtimes.calibration_batches=1",
+    "runtimes.calibration_batch_size=2",
 ]
 TINY_MODELS = (
     "models=[{group:mnist_cnn,conv:standard,input_shape:[1,8,8]},{group:mnist_cnn,conv:separable,input_shape:[1,8,8]}]"
@@ -142,17 +164,22 @@ def test_tiny_run_writes_every_output(tmp_path):
     for name in ("speedup_vs_mac_ratio.png", "latency_vs_macs.png", "achieved_gflops.png"):
         assert (tmp_path / "plots" / name).read_bytes()[:4] == b"\x89PNG"
     assert any((tmp_path / "tensorboard").iterdir())
+    assert not (tmp_path / "roofline_layers.csv").exists() and not (tmp_path / "runtimes.csv").exists()
 
-    saved = json.loads((tmp_path / "results.json").read_text())
+    saved = json.loads((tmp_path / "results.json").read_text())  # strict JSON: no Infinity
     rows, pairs = saved["rows"], saved["pairs"]
     assert [r["target"] for r in rows] == [r["target"] for r in results["rows"]]
     assert len(rows) == 4 * 4 and len(pairs) == 2 * 4
     row_fields = {
         "params",
         "macs_per_image",
+        "fvcore_macs_per_image",
         "flops_per_image",
         "latency_b1_median_ms",
+        "latency_b1_ci_low_ms",
+        "latency_b1_ci_high_ms",
         "latency_b1_p90_ms",
+        "latency_b1_noisy",
         "throughput_img_per_s",
         "train_step_median_ms",
         "train_img_per_s",
@@ -170,46 +197,80 @@ def test_tiny_run_writes_every_output(tmp_path):
     }
     for row in rows:
         assert row_fields <= set(row)
-        assert row["latency_b1_p90_ms"] >= row["latency_b1_median_ms"] > 0
+        assert row["latency_b1_p90_ms"] >= row["latency_b1_median_ms"] >= row["latency_b1_min_ms"] > 0
         assert row["throughput_img_per_s"] > 0 and row["train_img_per_s"] > 0
-        assert row["latency_b1_iters"] == 2 and row["latency_b1_attempts"] == 1
-        assert row["latency_b1_min_ms"] <= row["latency_b1_median_ms"]
+        # Two timed rounds are too few for a 95% interval on a median: stored as null, flagged noisy.
+        assert row["latency_b1_n"] == row["throughput_n"] == row["train_step_n"] == 2
+        assert row["latency_b1_ci_low_ms"] is None and row["latency_b1_noisy"] and row["noisy"]
+        assert "CI" in row["noisy_measurements"]
+        assert row["macs_per_image"] <= row["fvcore_macs_per_image"]
         assert row["achieved_gflops_throughput"] == pytest.approx(
             row["flops_per_image"] * row["throughput_img_per_s"] / 1e9
         )
-    assert {k for k in UNITS if not k.startswith(("mac_ratio", "speedup", "realized"))} <= set(rows[0])
+    assert {k for k in UNITS if not k.startswith(("mac_ratio", "fvcore_mac_ratio", "speedup", "realized"))} <= set(
+        rows[0]
+    )
     for pair in pairs:
-        base = next(
-            r
-            for r in rows
-            if r["target"] == pair["baseline"]
-            and r["dtype"] == pair["dtype"]
-            and r["memory_format"] == pair["memory_format"]
-        )
-        other = next(
-            r
-            for r in rows
-            if r["target"] == pair["variant"]
-            and r["dtype"] == pair["dtype"]
-            and r["memory_format"] == pair["memory_format"]
+        base, other = (
+            next(
+                r
+                for r in rows
+                if r["target"] == pair[role]
+                and r["dtype"] == pair["dtype"]
+                and r["memory_format"] == pair["memory_format"]
+            )
+            for role in ("baseline", "variant")
         )
         assert pair["mac_ratio"] == pytest.approx(base["macs_per_image"] / other["macs_per_image"])
-        assert pair["speedup_throughput"] == pytest.approx(other["throughput_img_per_s"] / base["throughput_img_per_s"])
+        assert pair["fvcore_mac_ratio"] == pytest.approx(base["fvcore_macs_per_image"] / other["fvcore_macs_per_image"])
         assert pair["realized_throughput"] == pytest.approx(pair["speedup_throughput"] / pair["mac_ratio"])
+        assert pair["speedup_throughput"] > 0 and pair["noisy"]
     env = saved["environment"]
     assert {"torch_version", "device_name", "cpu_model", "num_threads", "cpu_flags"} <= set(env)
-    assert "MAC" in saved["units"]["macs_per_image"] and "2 per multiply-add" in saved["units"]["flops_per_image"]
+    assert "MobileNet" in saved["units"]["macs_per_image"] and "2 per multiply-add" in saved["units"]["flops_per_image"]
 
     with (tmp_path / "results.csv").open() as handle:
         csv_rows = list(csv.DictReader(handle))
     assert len(csv_rows) == len(rows) and float(csv_rows[0]["latency_b1_median_ms"]) > 0
     report = (tmp_path / "report.md").read_text()
-    assert "| pair |" in report and "| target |" in report and "fvcore" in report
+    assert "| pair |" in report and "| target |" in report and "interleaved" in report
+    assert "## Roofline" not in report and "## Runtimes" not in report
+
+
+def test_tiny_run_with_every_section(tmp_path):
+    cfg = compose_bench(*FAST, TINY_MODELS, TINY_LAYERS, *TINY_SECTIONS, "output.plots=true")
+    results = run_bench(cfg, tmp_path)
+    assert (tmp_path / "plots" / "roofline_fp32.png").read_bytes()[:4] == b"\x89PNG"
+    with (tmp_path / "roofline_layers.csv").open() as handle:
+        layers = list(csv.DictReader(handle))
+    # mnist_cnn: 3 convs + 2 linears; its DS twin 3 x (depthwise + pointwise) + 2 linears; the layer pair 1 + 2.
+    assert len(layers) == 5 + 8 + 1 + 2
+    assert {r["layer_type"] for r in layers} == {"dense", "depthwise", "pointwise"}
+    with (tmp_path / "runtime_pairs.csv").open() as handle:
+        runtime_pairs = list(csv.DictReader(handle))
+    assert [(p["runtime"], p["batch"]) for p in runtime_pairs] == [
+        ("eager_fp32", "1"),
+        ("eager_fp32", "2"),
+        ("onnxruntime", "1"),
+        ("onnxruntime", "2"),
+    ]
+    assert all(p["agrees"] == "True" for p in runtime_pairs)
+    assert {(b["pair"], b["batch"]) for b in results["runtimes"]["best"]} == {("mnist_cnn", 1), ("mnist_cnn", 2)}
+    report = (tmp_path / "report.md").read_text()
+    assert "## Roofline" in report and "## Runtimes" in report and "makes DS pay most" in report
+
+
+def test_grid_can_be_switched_off(tmp_path):
+    cfg = compose_bench(*FAST, TINY_MODELS, *TINY_SECTIONS, "sections.grid=false", "sections.runtimes=false")
+    results = run_bench(cfg, tmp_path)
+    assert results["rows"] == [] and "roofline" in results and "runtimes" not in results
+    assert not (tmp_path / "results.csv").exists() and (tmp_path / "roofline_layers.csv").exists()
 
 
 def test_memory_probe_runs_in_a_subprocess():
     target = layer_targets({"c_in": 8, "c_out": 16, "kernel": 3, "hw": 16}, 0, bias=False)[0]
-    (result,) = measure_cpu(target, [Setting()], {"throughput": 8, "train": 4}, {"name": "sgd", "lr": 0.1}, threads=1)
+    sgd = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "optimizer" / "sgd.yaml"))
+    (result,) = measure_cpu(target, [Setting()], {"throughput": 8, "train": 4}, sgd, threads=1)
     assert result["peak_mem_train_mib"] >= result["peak_mem_infer_mib"] >= 0
     assert "RSS" in result["peak_mem_method"]
 
@@ -280,11 +341,25 @@ def test_quick_inference_profile_leaves_the_model_as_it_was():
         ("models=[nope_group]", "unknown model config group 'nope_group'"),
         ("timing.warmup=0", "warm-up is never skipped"),
         ("layers=[{c_in:4,c_out:8}]", "layers[0] must be"),
+        ("timing.rel_tol=0", "timing.rel_tol=0.0: must be > 0"),
+        ("timing.rel_tol=abc", "timing.rel_tol='abc': must be a number"),
+        ("timing.min_rounds=2.5", "timing.min_rounds=2.5: must be an integer"),
+        ("timing.max_time_s=nan", "timing.max_time_s=nan: must be a finite number"),
+        ("timing.min_rounds=0", "timing.min_rounds=0"),
+        ("timing.confidence=1.5", "timing.confidence=1.5"),
+        ("timing.max_time_s=-1", "timing.max_time_s=-1.0"),
+        ("sections.grid=false sections.roofline=false sections.runtimes=false", "nothing to run"),
+        ("+sections.speed=true", "sections.speed is not a section"),
+        ("roofline.dtypes=[fp16]", "roofline.dtypes has 'fp16'"),
+        ("roofline.stream_mib=0", "roofline.stream_mib=0.0: must be a positive number"),
+        ("runtimes.list=[tensorrt]", "runtimes.list has 'tensorrt'"),
+        ("runtimes.batches=[0]", "runtimes.batches=[0]"),
+        ("+runtimes.tolerances.int4=0.1", "runtimes.tolerances.int4=0.1"),
     ],
 )
 def test_bad_input_names_the_problem(override, message):
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
-        build_plan(compose_bench(override))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_plan(compose_bench(*override.split()))
 
 
 def test_cli_bad_input_is_one_line_and_nonzero(tmp_path):

@@ -76,6 +76,12 @@ def test_single_run_writes_every_output(tmp_path):
     best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
     assert best["trainer"]["epoch"] == metrics["best_epoch"]
     assert "total params" in (run_dir / "model_summary.txt").read_text()
+    # The console gets one line about the model; the table stays in model_summary.txt.
+    console = result.stdout + result.stderr
+    assert "total params" not in console
+    (line,) = [line for line in console.splitlines() if "conv+linear MACs/image" in line]
+    assert f"1,274 params, {metrics['macs_per_image']:,} conv+linear MACs/image" in line and "1x16x16" in line
+    assert metrics["macs_fvcore_total"] > metrics["macs_per_image"]  # fvcore also counts batch norm
     _check_tensorboard(run_dir / "tensorboard")
 
 
@@ -97,10 +103,12 @@ def _check_tensorboard(event_dir: Path) -> None:
 
 @pytest.mark.slow
 def test_two_job_multirun_gets_two_dirs(tmp_path):
-    result = _run(["-m", *TINY_RUN, "trainer.epochs=1", "model.conv=standard,separable"], tmp_path)
+    args = ["-m", *TINY_RUN, "trainer.epochs=1", "trainer.verbose=true", "model.conv=standard,separable"]
+    result = _run(args, tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     runs = _run_dirs(tmp_path)
     assert len(runs) == 2
+    assert (result.stdout + result.stderr).count("total params") == 2  # trainer.verbose: each job's table
     convs = sorted(json.loads((r / "metrics.json").read_text())["conv"] for r in runs)
     assert convs == ["separable", "standard"]
 
@@ -131,3 +139,30 @@ def test_help_lists_groups(tmp_path):
     assert result.returncode == 0
     for group in ("dataset:", "model:", "optimizer:", "scheduler:", "activation:", "trainer:"):
         assert group in result.stdout
+
+
+# Runs the real entry point and reports, at exit, which heavy packages were imported.
+IMPORT_PROBE = """
+import atexit, sys
+heavy = ("torch", "torchvision", "sklearn", "matplotlib", "tensorboard", "fvcore")
+atexit.register(lambda: print("imported:" + ",".join(m for m in heavy if m in sys.modules), file=sys.stderr))
+sys.argv = ["dsconv-train", *sys.argv[1:]]
+from dsconv.train import main
+main()
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--cfg", "job"], ["--cfg", "job", "model=depthwise", "optimizer=sgd"]])
+def test_help_and_cfg_job_import_no_training_stack(tmp_path, args):
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_PROBE, *args],
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("imported:")]
+    assert line == "imported:", line
+    assert ("== Config groups ==" if args == ["--help"] else "optimizer:") in result.stdout

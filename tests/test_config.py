@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch.nn as nn
 from omegaconf import OmegaConf
@@ -149,3 +151,103 @@ def test_config_hash_tracks_training_keys_only():
     base = compose_config()
     assert config_hash(base) == config_hash(compose_config(["trainer.progress_bar=false"]))
     assert config_hash(base) != config_hash(compose_config(["optimizer.lr=0.01"]))
+
+
+# ------------------------------------------------------------------ weight decay groups
+# mnist_cnn: features.<block>.0 is the conv (bias included), .1 its BatchNorm; head.1 and head.4 the linears.
+BLOCK_NORMS = {f"features.{b}.1.{n}" for b in range(3) for n in ("weight", "bias")}
+HEAD = ({"head.1.weight", "head.4.weight"}, {"head.1.bias", "head.4.bias"})
+DECAY_GROUPS = {
+    "mnist_cnn": (
+        {f"features.{b}.0.weight" for b in range(3)} | HEAD[0],
+        {f"features.{b}.0.bias" for b in range(3)} | BLOCK_NORMS | HEAD[1],
+    ),
+    "mnist_cnn_separable": (
+        {f"features.{b}.0.{stage}.weight" for b in range(3) for stage in ("depthwise", "pointwise")} | HEAD[0],
+        {f"features.{b}.0.pointwise.bias" for b in range(3)} | BLOCK_NORMS | HEAD[1],
+    ),
+}
+
+
+@pytest.mark.parametrize("option", sorted(DECAY_GROUPS))
+def test_no_weight_decay_on_norm_layers_and_biases(option):
+    from dsconv.training.optim import split_weight_decay
+
+    cfg = compose_config([f"model={option}", "optimizer=sgd"])
+    model = build_model(cfg.model, (1, 28, 28), 10, act_layer_from_config(cfg.activation))
+    decay, plain = DECAY_GROUPS[option]
+    got_decay, got_plain = split_weight_decay(model)
+    assert (set(got_decay), set(got_plain)) == (decay, plain)
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    optimizer = build_optimizer(model, cfg.optimizer)
+    groups = [({name_of[id(p)] for p in g["params"]}, g["weight_decay"]) for g in optimizer.param_groups]
+    assert groups == [(decay, 1e-4), (plain, 0.0)]
+    # null: one group, every parameter decayed alike (the behaviour before parameter groups).
+    single = build_optimizer(model, compose_config(["optimizer=sgd", "optimizer.norm_weight_decay=null"]).optimizer)
+    assert [(len(g["params"]), g["weight_decay"]) for g in single.param_groups] == [(len(name_of), 1e-4)]
+
+
+def test_norm_layers_inside_separable_convs_are_not_decayed():
+    from dsconv.training.optim import NORM_LAYERS, split_weight_decay
+
+    cfg = compose_config(["model=mnist_cnn_separable_options"])
+    model = build_model(cfg.model, (1, 28, 28), 10, act_layer_from_config(cfg.activation))
+    norms = [(m, mod) for m, mod in model.named_modules() if isinstance(mod, NORM_LAYERS)]
+    norm = {f"{m}.{n}" for m, mod in norms for n, _ in mod.named_parameters()}
+    decay, plain = split_weight_decay(model)
+    assert norm and norm <= set(plain) and not norm & set(decay)
+    assert all(dict(model.named_parameters())[n].ndim > 1 for n in decay)
+
+
+# ------------------------------------------------------------------ objectives and numeric ranges
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("objective=test_accuracy", "objective=test_accuracy cannot be optimised"),
+        ("objective=[best_val_acc,test_loss]", "objective=test_loss cannot be optimised"),
+        ("objective=[]", "names no metric"),
+        ("optimizer.lr=nan", "optimizer.lr=nan is not a finite number"),
+        ("optimizer.lr=inf", "optimizer.lr=inf is not a finite number"),
+        ("optimizer.weight_decay=-0.1", "optimizer.weight_decay=-0.1 must be >= 0"),
+        ("optimizer.norm_weight_decay=-1", "optimizer.norm_weight_decay=-1 must be >= 0"),
+        ("trainer.label_smoothing=1.0", r"trainer.label_smoothing=1.0 is outside \[0, 1\)"),
+        ("trainer.early_stopping.min_delta=-0.5", "trainer.early_stopping.min_delta=-0.5 must be >= 0"),
+        ("scheduler.warmup_epochs=-1", "scheduler.warmup_epochs=-1 must be >= 0"),
+        ("trainer.num_threads=0", "trainer.num_threads=0 must be >= 1"),
+        ("trainer.grad_clip=inf", "trainer.grad_clip=inf is not a finite number"),
+        ("optimizer.betas=[1.5,0.9]", r"optimizer.betas\[0\]=1.5 is outside \[0, 1\)"),
+        ("optimizer.eps=-1", "optimizer.eps=-1 must be >= 0"),
+        ("scheduler=plateau scheduler.factor=1.5", "scheduler.factor=1.5 must be < 1"),
+        ("scheduler=onecycle scheduler.pct_start=0", "scheduler.pct_start=0 must be > 0"),
+        ("scheduler=step scheduler.step_size=0", "scheduler.step_size=0 must be >= 1"),
+        ("dataset.augment.crop_padding=-2", "dataset.augment.crop_padding=-2 must be >= 0"),
+    ],
+)
+def test_objectives_and_numeric_ranges_are_checked(override, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        validate_config(compose_config(override.split()))
+    assert "\n" not in str(info.value)
+
+
+def test_objective_may_be_a_list_of_selection_and_cost_metrics():
+    from dsconv.training.run_metrics import objective_value
+
+    validate_config(compose_config(["objective=[best_val_acc,macs_per_image]"]))
+    metrics = {"best_val_acc": 0.9, "macs_per_image": 1000, "latency_ms_b1": None}
+    assert objective_value(metrics, "best_val_acc") == 0.9
+    assert objective_value(metrics, OmegaConf.create(["best_val_acc", "macs_per_image"])) == [0.9, 1000.0]
+    assert math.isnan(objective_value(metrics, "latency_ms_b1"))
+    with pytest.raises(ConfigError, match="needs profile_inference=true"):
+        validate_config(compose_config(["objective=latency_ms_b1", "profile_inference=false"]))
+
+
+def test_label_smoothing_reaches_the_training_loss_only():
+    import torch
+
+    from dsconv.training.criterion import build_criterion
+
+    cfg = compose_config(["trainer.label_smoothing=0.2"])
+    criterion, teacher = build_criterion(cfg, None, torch.device("cpu"))
+    logits, labels = torch.randn(6, 10, generator=torch.Generator().manual_seed(0)), torch.arange(6)
+    want = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.2)
+    assert teacher is None and torch.equal(criterion(logits, labels, torch.zeros(6, 1, 2, 2)), want)

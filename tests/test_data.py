@@ -8,7 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from dsconv.data import DeviceBatches, GpuAugment, Normalize, Split, load_dataset
+from dsconv.data import BatchAugment, DeviceBatches, Normalize, Split, load_dataset
 from dsconv.errors import ConfigError, DataError
 from support import SHARED_MNIST, compose_config
 
@@ -88,7 +88,7 @@ def test_normalize_half_maps_uint8_to_minus_one_one():
 def test_random_crop_is_a_shifted_window_of_the_padded_image():
     images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
     gen = torch.Generator().manual_seed(3)
-    out = GpuAugment(crop_padding=2)(images, gen)
+    out = BatchAugment(crop_padding=2)(images, gen)
     padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
     for i in range(16):
         windows = [padded[i, :, dy : dy + 8, dx : dx + 8] for dy in range(5) for dx in range(5)]
@@ -98,7 +98,7 @@ def test_random_crop_is_a_shifted_window_of_the_padded_image():
 
 def test_hflip_flips_about_half_exactly():
     images = torch.randint(0, 256, (200, 1, 4, 4), dtype=torch.uint8)
-    out = GpuAugment(hflip=True)(images, torch.Generator().manual_seed(0))
+    out = BatchAugment(hflip=True)(images, torch.Generator().manual_seed(0))
     flipped = [torch.equal(o, i.flip(2)) and not torch.equal(o, i) for o, i in zip(out, images)]
     kept = [torch.equal(o, i) for o, i in zip(out, images)]
     assert all(f or k for f, k in zip(flipped, kept))

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dsconv.data import DeviceBatches, GpuAugment, Normalize, Split
+from dsconv.data import BatchAugment, DeviceBatches, Normalize, Split
 from dsconv.data.loader import shard
 from dsconv.distributed import LaunchEnv, own_rank_state, per_rank_batch_size
 from dsconv.errors import ConfigError
@@ -227,7 +227,7 @@ def test_submitit_local_job_with_two_tasks_trains_data_parallel(ddp_run, tmp_pat
 # ------------------------------------------------------------------ the pieces, in process
 def test_rank_batches_together_are_the_single_process_batches_augmentation_included():
     split = Split(torch.randint(0, 256, (70, 1, 6, 6), dtype=torch.uint8), torch.arange(70))
-    normalize, augment = Normalize([0.5], [0.5], "cpu"), GpuAugment(crop_padding=2, hflip=True)
+    normalize, augment = Normalize([0.5], [0.5], "cpu"), BatchAugment(crop_padding=2, hflip=True)
 
     def batches(batch_size, rank, world):
         gen = torch.Generator().manual_seed(3)

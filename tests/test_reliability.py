@@ -24,7 +24,7 @@ from dsconv.paths import REPO_ROOT
 from dsconv.training.checkpoint import load_checkpoint
 from dsconv.training.faults import NonFiniteLossError
 from dsconv.training.optim import Schedule
-from dsconv.training.trainer import Trainer
+from dsconv.training.trainer import CrossEntropyCriterion, Trainer, TrainerSettings
 from support import TINY_RUN, cli_env
 
 TRAIN = [sys.executable, str(REPO_ROOT / "scripts" / "train.py")]
@@ -50,7 +50,9 @@ class Poisoned(nn.Module):
         return out
 
 
-def _trainer(tmp_path: Path, bad_calls: set[int], **options) -> tuple[Trainer, DeviceBatches, DeviceBatches]:
+def _trainer(
+    tmp_path: Path, bad_calls: set[int], criterion=None, **options
+) -> tuple[Trainer, DeviceBatches, DeviceBatches]:
     gen = torch.Generator().manual_seed(0)
     split = Split(torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8, generator=gen), torch.arange(64) % 4)
     norm = Normalize((0.5,), (0.5,), "cpu")
@@ -60,19 +62,18 @@ def _trainer(tmp_path: Path, bad_calls: set[int], **options) -> tuple[Trainer, D
         model,
         torch.optim.SGD(model.parameters(), lr=0.1),
         Schedule(None, per_epoch=False),
+        TrainerSettings(epochs=3, progress=False, **options),
         device=torch.device("cpu"),
-        epochs=3,
         run_dir=tmp_path,
         data_generator=gen,
-        progress=False,
-        **options,
+        criterion=criterion,
     )
     return trainer, train, DeviceBatches(split, 64, norm)
 
 
 @pytest.mark.parametrize(("every", "last_step"), [(None, 4), (1, 5)])
 def test_nan_loss_stops_naming_epoch_step_and_last_good_checkpoint(tmp_path, every, last_step):
-    trainer, train, val = _trainer(tmp_path, {6}, checkpoint_every_steps=every)  # epoch 2, step 6
+    trainer, train, val = _trainer(tmp_path, {6}, checkpoint_every_steps=every or 0)  # epoch 2, step 6
     with pytest.raises(NonFiniteLossError) as info:
         trainer.fit(train, val)
     message = str(info.value)
@@ -95,6 +96,27 @@ def test_nan_policy_skip_skips_up_to_the_limit(tmp_path):
     trainer, train, val = _trainer(tmp_path / "over", {3, 6}, nan_policy="skip", max_skipped_steps=1)
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, batch 2 .*2 steps skipped.*max_skipped_steps=1"):
         trainer.fit(train, val)
+
+
+def test_the_training_loss_is_the_injected_criterion_on_the_augmented_batch(tmp_path):
+    """The trainer trains on what the criterion returns, given the images the model saw; evaluation is plain CE."""
+    calls, inputs = [], []
+
+    def criterion(logits, labels, images):
+        loss = CrossEntropyCriterion(label_smoothing=0.3)(logits, labels, images)
+        calls.append((images, loss.detach()))
+        return loss
+
+    trainer, train, val = _trainer(tmp_path, set(), criterion=criterion)
+    trainer.model.register_forward_pre_hook(lambda module, args: inputs.append(args[0]) if module.training else None)
+    history = trainer.fit(train, val)
+    assert len(calls) == len(inputs) == 3 * 4
+    assert all(images is seen for (images, _), seen in zip(calls, inputs))
+    for epoch, row in enumerate(history):
+        losses = torch.stack([loss for _, loss in calls[4 * epoch : 4 * epoch + 4]])
+        assert row["train_loss"] == pytest.approx(losses.mean().item(), rel=1e-6)
+    result = trainer.evaluate(val)
+    assert result.loss == F.cross_entropy(result.logits, result.labels).item()
 
 
 # ------------------------------------------------------------------ the CLI, in process
@@ -154,6 +176,8 @@ def _assert_one_line_failure(code: int, err: str, needle: str, tmp_path: Path) -
         ("trainer.epochs=-1", "trainer.epochs=-1 must be >= 1"),
         ("model.kernel_size=4", "model.kernel_size=4 is even"),
         ("trainer.nan_policy=ignore", "trainer.nan_policy='ignore' is unknown"),
+        ("objective=test_accuracy", "objective=test_accuracy cannot be optimised"),
+        ("optimizer.lr=nan", "optimizer.lr=nan is not a finite number"),
     ],
 )
 def test_bad_values_give_one_line_and_write_nothing(cli, tmp_path, override, needle):
@@ -280,3 +304,39 @@ def test_sweep_failures_are_recorded_with_the_joblib_launcher(tmp_path):
     assert [p.parent.name for p in failures] == ["0", "1"]
     for path, override in zip(failures, ("model.kernel_size=4", "model.kernel_size=6")):
         _check_failure_record(path, override)
+
+
+# ------------------------------------------------------------------ the two hook points of a run
+def test_distillation_and_model_hooks_reach_training_and_metrics(tmp_path, monkeypatch):
+    """``distill.teacher`` swaps the training loss (never validation's), ``model.match`` the model builder;
+    what each returns about itself lands in metrics.json."""
+    import dsconv.compression
+    import dsconv.compression.distill
+    from dsconv.registry import build_model
+    from dsconv.train import train
+    from support import compose_config
+
+    calls = []
+
+    def fake_distillation(distill_cfg, data, device):
+        assert str(distill_cfg.teacher) == "/teacher/run"
+        criterion = CrossEntropyCriterion()
+
+        def recording(logits, labels, images):
+            calls.append(images.shape)
+            return criterion(logits, labels, images)
+
+        return recording, {"teacher": "/teacher/run", "teacher_test_accuracy": 0.5}
+
+    def fake_build_run_model(cfg, data, act_layer):
+        plain = {k: v for k, v in cfg.model.items() if k not in ("match", "match_to")}
+        return build_model(plain, data.input_shape, data.num_classes, act_layer), {"by": "macs", "width": 1.0}
+
+    monkeypatch.setattr(dsconv.compression.distill, "build_distillation", fake_distillation)
+    monkeypatch.setattr(dsconv.compression, "build_run_model", fake_build_run_model)
+    cfg = compose_config([*FAST, "+distill.teacher=/teacher/run", "+model.match=macs", "+model.match_to=mnist_cnn"])
+    metrics = train(cfg, tmp_path / "run")
+    assert len(calls) == 2 * 6 and all(shape == (32, 1, 16, 16) for shape in calls)  # training batches only
+    assert metrics["distill"] == {"teacher": "/teacher/run", "teacher_test_accuracy": 0.5}
+    assert metrics["match"] == {"by": "macs", "width": 1.0}
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["distill"]["teacher"] == "/teacher/run"

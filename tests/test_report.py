@@ -1,4 +1,4 @@
-"""dsconv-report on real (tiny) runs: grouping by seed, pairs, Welch's test, failures, files."""
+"""dsconv-report on real (tiny) runs: grouping by seed, pairs, Welch and Mann-Whitney tests, failures, files."""
 
 from __future__ import annotations
 
@@ -55,8 +55,17 @@ def test_report_groups_pairs_and_tests(sweep_dir, tmp_path):
     acc_sep = [m["test_accuracy"] for m in runs["mnist_cnn [separable]"]]
     (pair,) = payload["pairs"]
     assert pair["accuracy_diff"] == pytest.approx(sum(acc_sep) / 2 - sum(acc_std) / 2)
-    if len(set(acc_std + acc_sep)) > 1:
+    if len(set(acc_std)) > 1 or len(set(acc_sep)) > 1:
         assert pair["welch_p_value"] == pytest.approx(stats.ttest_ind(acc_sep, acc_std, equal_var=False).pvalue)
+    else:  # every seed tied within its group: no t-test, however different the groups are
+        assert pair["welch_p_value"] is None and pair["note"].startswith("no variance within groups")
+    exact = stats.PermutationMethod(n_resamples=float("inf"))
+    if len(set(acc_std + acc_sep)) > 1:
+        mw = stats.mannwhitneyu(acc_sep, acc_std, alternative="two-sided", method=exact).pvalue
+        assert pair["mannwhitney_p_value"] == pytest.approx(mw)
+    (comparison,) = payload["comparisons"]
+    assert [r["role"] for r in comparison["rows"]] == ["standard", "DS"]
+    assert comparison["rows"][0]["welch_p_value_vs_ds"] == pair["welch_p_value"]
     params_std = runs["mnist_cnn [standard]"][0]["params_total"]
     params_sep = runs["mnist_cnn [separable]"][0]["params_total"]
     assert pair["param_ratio"] == pytest.approx(params_std / params_sep)

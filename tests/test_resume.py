@@ -200,7 +200,11 @@ def test_corrupt_last_checkpoint_falls_back_under_auto(tmp_path, baseline, caplo
     assert point is not None and point.path.name in ("last.prev.pt", "best.pt")
     assert "skipping unusable checkpoint" in caplog.text
     # Resuming from an older good checkpoint (mid epoch 3) re-trains the tail and lands on the same weights.
-    (run_dir / "checkpoints" / "best.pt").unlink()
+    # A best.pt of epoch 3 is newer than last.prev.pt and would be picked: remove it (the resumed run
+    # rewrites it). An older one stays: nothing after last.prev.pt rewrites it.
+    best = run_dir / "checkpoints" / "best.pt"
+    if load_checkpoint(best)["trainer"]["epoch"] == 3:
+        best.unlink()
     assert find_resume_point("auto", run_dir).path.name == "last.prev.pt"
     _train(run_dir, ["trainer.resume=auto"])
     assert_same_run(run_dir, baseline)

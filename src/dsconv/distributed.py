@@ -11,6 +11,9 @@ take the backend of the device they live on (or ``trainer.distributed.backend`` 
 
 Under torchrun only rank 0 runs Hydra (one run dir, one ``.hydra``, one log); it sends each job's
 resolved config and run dir to the other ranks (``send_job``/``receive_job``). Only rank 0 writes.
+
+A run in one process gets ``SingleProcess``, which has the same methods with every collective a no-op:
+the trainer and ``train()`` never ask which of the two they run under.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
-import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,48 +32,66 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 from dsconv.errors import ConfigError, DsconvError
+from dsconv.training.launch import LaunchEnv, launch_env, submitit_env
+from dsconv.training.sync_batchnorm import CpuSyncBatchNorm, convert_sync_batchnorm
 
+# Re-exported: callers import the launch helpers and SyncBatchNorm from here, as before they moved.
+__all__ = ["CpuSyncBatchNorm", "LaunchEnv", "convert_sync_batchnorm", "launch_env", "submitit_env"]
 SEMANTICS = ("global", "per_rank")
 BACKENDS = ("auto", "gloo", "nccl")
 _CPU = torch.device("cpu")
 
 
-@dataclass(frozen=True)
-class LaunchEnv:
-    rank: int
-    world_size: int
-    local_rank: int
-    local_world_size: int
-    launcher: str  # "torchrun" (any env:// launcher) or "submitit"
+class SingleProcess:
+    """One process: ``DistContext``'s interface with every collective a no-op."""
+
+    rank, world_size, local_rank = 0, 1, 0
+    env: LaunchEnv | None = None
+    leads_followers = False
+
+    def __init__(self, device: torch.device = _CPU) -> None:
+        self.device = device
+        self.followers_idle = True
 
     @property
-    def nodes(self) -> int:
-        return max(1, self.world_size // max(1, self.local_world_size))
+    def is_main(self) -> bool:
+        return True
 
+    def configure(self, tcfg: Any) -> SingleProcess:
+        from dsconv.config import resolve_device
 
-def launch_env() -> LaunchEnv | None:
-    """The ``env://`` variables of a multi-process launch (torchrun), or None for a single process."""
-    env = os.environ
-    if not all(key in env for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK")) or int(env["WORLD_SIZE"]) <= 1:
-        return None
-    world = int(env["WORLD_SIZE"])
-    return LaunchEnv(
-        int(env["RANK"]), world, int(env["LOCAL_RANK"]), int(env.get("LOCAL_WORLD_SIZE", world)), "torchrun"
-    )
+        self.device = resolve_device(str(tcfg.device))
+        return self
 
+    def prepare_model(self, model: nn.Module, tcfg: Any) -> nn.Module:
+        return model
 
-def submitit_env() -> LaunchEnv | None:
-    """Inside a submitit job with several tasks: export the ``env://`` variables and describe the launch."""
-    if not os.environ.get("SUBMITIT_EXECUTOR"):
-        return None
-    from submitit.helpers import TorchDistributedEnvironment
+    def wrap(self, model: nn.Module) -> nn.Module:
+        return model
 
-    job = TorchDistributedEnvironment()
-    if job.world_size <= 1:
-        return None
-    # SLURM binds GPUs itself (gres); keep CUDA_VISIBLE_DEVICES as it is and pick by local rank.
-    job.export(set_cuda_visible_devices=False, overwrite=True)
-    return LaunchEnv(job.rank, job.world_size, job.local_rank, job.local_world_size, "submitit")
+    def barrier(self) -> None:
+        pass
+
+    def any(self, flag: bool) -> bool:
+        return flag
+
+    def sum(self, values: list[float]) -> list[float]:
+        return list(values)
+
+    def min(self, value: int) -> int:
+        return value
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        return [obj]
+
+    def broadcast_object(self, obj: Any) -> Any:
+        return obj
+
+    def main_first(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def gather_rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
 
 
 class DistContext:
@@ -120,6 +140,18 @@ class DistContext:
         dist.broadcast_object_list(box, src=0, device=_CPU)
         return box[0]
 
+    def prepare_model(self, model: nn.Module, tcfg: Any) -> nn.Module:
+        """Before the model moves to its device: per-rank dropout noise, and SyncBatchNorm if asked for.
+
+        Every rank built the same initial weights from the seed (DDP broadcasts rank 0's anyway); from
+        here on the global RNG draws dropout masks, which must differ between ranks.
+        """
+        if self.rank:
+            torch.manual_seed(int(tcfg.seed) + 100_003 * self.rank)
+        if bool(tcfg.distributed.sync_bn):
+            model = convert_sync_batchnorm(model, self.device, self.group)
+        return model
+
     @contextlib.contextmanager
     def main_first(self) -> Iterator[None]:
         """Rank 0 runs the block first (downloads, creates files); the others follow once it is done."""
@@ -161,7 +193,7 @@ class DistContext:
             torch.cuda.set_device(self.device)
         else:
             self.device = _CPU
-        backend = str(options(tcfg).get("backend", "auto"))
+        backend = str(tcfg.distributed.backend)
         if backend not in BACKENDS:
             raise ConfigError(f"trainer.distributed.backend={backend!r}: choose one of {', '.join(BACKENDS)}")
         if backend == "nccl" and self.device.type != "cuda":
@@ -172,6 +204,8 @@ class DistContext:
         return self
 
 
+# What the trainer and train() are given: one process or a process group, behind one interface.
+Execution = DistContext | SingleProcess
 _CURRENT: DistContext | None = None
 
 
@@ -201,15 +235,26 @@ def init(env: LaunchEnv, *, leads_followers: bool = False) -> DistContext:
     return _CURRENT
 
 
-def setup(tcfg: Any) -> DistContext | None:
-    """The context ``train()`` runs in: joins the group if the launch has several processes."""
+def setup(tcfg: Any) -> Execution:
+    """The execution ``train()`` runs in: joins the group if the launch has several processes."""
     ctx = _CURRENT
     if ctx is None:
         env = launch_env() or submitit_env()
         if env is None:
-            return None
+            return SingleProcess().configure(tcfg)
         ctx = init(env)
     return ctx.configure(tcfg)
+
+
+def for_job() -> Execution:
+    """The execution of a job Hydra started: the torchrun group ``run_torchrun`` joined, the tasks of a
+    submitit job (joined now: every task runs the job), or a single process."""
+    if _CURRENT is not None:
+        return _CURRENT
+    if launch_env() is not None:
+        raise ConfigError("under torchrun, sweeps run with Hydra's basic launcher: drop hydra/launcher=...")
+    env = submitit_env()
+    return init(env) if env is not None else SingleProcess()
 
 
 def shutdown() -> None:
@@ -220,7 +265,7 @@ def shutdown() -> None:
             dist.destroy_process_group()
 
 
-def own_rank_state(state: dict[str, Any], ctx: DistContext | None) -> dict[str, Any]:
+def own_rank_state(state: dict[str, Any], ctx: Execution | None) -> dict[str, Any]:
     """This rank's RNG state and in-epoch sums from a checkpoint: its ``ranks`` entry when the world
     size is the same. Otherwise rank 0 takes the saved values, and the others keep their own RNG
     (``rng`` None) and start their sums at zero, so no rank's partial epoch is counted twice."""
@@ -277,14 +322,14 @@ def run_torchrun(
         shutdown()
 
 
-def follower_failure(exc: Exception, multirun: bool, debug: bool, ctx: DistContext | None) -> float:
+def follower_failure(exc: Exception, multirun: bool, debug: bool, ctx: Execution) -> float:
     """Another rank's error: rank 0 reports the shared ones; a config error is the same on every rank."""
     if not isinstance(exc, DsconvError) and (debug or not multirun):
         raise exc
     if not isinstance(exc, ConfigError):
-        from dsconv.training.callbacks import one_line
+        from dsconv.training.sweep_guard import one_line
 
-        print(f"error: [rank {ctx.rank if ctx else '?'}] {one_line(exc)}", file=sys.stderr)
+        print(f"error: [rank {ctx.rank}] {one_line(exc)}", file=sys.stderr)
     if not multirun:
         sys.exit(getattr(exc, "exit_code", 2))
     return float("nan")
@@ -299,15 +344,10 @@ def receive_job(ctx: DistContext) -> Job | None:
     return ctx.broadcast_object(None)
 
 
-# ---------------------------------------------------------------- batch size and SyncBatchNorm
-def options(tcfg: Any) -> Any:
-    """``trainer.distributed`` (empty when absent)."""
-    return tcfg.get("distributed") or {}
-
-
+# ---------------------------------------------------------------- batch size
 def per_rank_batch_size(tcfg: Any, world_size: int) -> int:
     """``global``: ``trainer.batch_size`` is one step's batch over all ranks; ``per_rank``: each rank's."""
-    batch, semantics = int(tcfg.batch_size), str(options(tcfg).get("batch_size_semantics", "global"))
+    batch, semantics = int(tcfg.batch_size), str(tcfg.distributed.batch_size_semantics)
     if semantics not in SEMANTICS:
         raise ConfigError(f"trainer.distributed.batch_size_semantics={semantics!r}: choose global or per_rank")
     if semantics == "per_rank" or world_size == 1:
@@ -318,95 +358,3 @@ def per_rank_batch_size(tcfg: Any, world_size: int) -> int:
             "(batch_size_semantics=global): use a multiple of the world size, or per_rank"
         )
     return batch // world_size
-
-
-def prepare_model(model: nn.Module, tcfg: Any, ctx: DistContext) -> nn.Module:
-    """Before the model moves to its device: per-rank dropout noise, and SyncBatchNorm if asked for.
-
-    Every rank built the same initial weights from the seed (DDP broadcasts rank 0's anyway); from
-    here on the global RNG draws dropout masks, which must differ between ranks.
-    """
-    if ctx.rank:
-        torch.manual_seed(int(tcfg.seed) + 100_003 * ctx.rank)
-    if bool(options(tcfg).get("sync_bn", False)):
-        model = convert_sync_batchnorm(model, ctx.device, ctx.group)
-    return model
-
-
-def convert_sync_batchnorm(model: nn.Module, device: torch.device, group: Any = None) -> nn.Module:
-    """BatchNorm over the global batch: torch's SyncBatchNorm on CUDA, ``CpuSyncBatchNorm`` on the CPU
-    (torch's refuses CPU tensors). Parameters are kept, so an optimizer built before still applies."""
-    if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group=group)
-    if isinstance(model, nn.modules.batchnorm._BatchNorm):
-        return CpuSyncBatchNorm.from_batchnorm(model, group)
-    for name, child in model.named_children():
-        model.add_module(name, convert_sync_batchnorm(child, device, group))
-    return model
-
-
-class _AllReduceSum(torch.autograd.Function):
-    """Differentiable sum over ranks: the gradient of a sum is the sum of the gradients."""
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor, group: Any) -> torch.Tensor:  # type: ignore[override]
-        ctx.group = group
-        out = tensor.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(out, group=group)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        return _AllReduceSum.apply(grad.contiguous(), ctx.group), None
-
-
-class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """BatchNorm whose training statistics are those of the global batch (written for the CPU, where
-    torch's SyncBatchNorm refuses to run; the arithmetic works on any device).
-
-    Two passes (mean, then the centred second moment), each one small all-reduce, so the variance is
-    as stable as BatchNorm's own; autograd through the all-reduces gives SyncBatchNorm's gradients.
-    In eval mode it is plain BatchNorm on the (identical on every rank) running statistics.
-    """
-
-    group: Any = None
-
-    @classmethod
-    def from_batchnorm(cls, bn: nn.modules.batchnorm._BatchNorm, group: Any = None) -> CpuSyncBatchNorm:
-        new = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
-        if bn.affine:
-            new.weight, new.bias = bn.weight, bn.bias
-        new.running_mean, new.running_var = bn.running_mean, bn.running_var
-        new.num_batches_tracked = bn.num_batches_tracked
-        new.group = group
-        new.train(bn.training)
-        return new
-
-    def _check_input_dim(self, input: torch.Tensor) -> None:
-        if input.dim() < 2:  # the BatchNorm1d/2d/3d it replaces checked the exact rank already
-            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not (self.training and dist.is_initialized()):
-            return super().forward(input)
-        dims = [0, *range(2, input.dim())]
-        shape = [1, -1] + [1] * (input.dim() - 2)
-        x = input.float()
-        count = torch.tensor([x.numel() // x.shape[1]], dtype=x.dtype, device=x.device)
-        sums = _AllReduceSum.apply(torch.cat([x.sum(dims), count]), self.group)
-        total = sums[-1]
-        mean = sums[:-1] / total
-        centred = x - mean.view(shape)
-        var = _AllReduceSum.apply(centred.pow(2).sum(dims), self.group) / total
-        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-                unbiased = var * (total / (total - 1).clamp_min(1))
-                # BatchNorm's own update formula, in double as its CPU kernel does.
-                for buffer, value in ((self.running_mean, mean), (self.running_var, unbiased)):
-                    buffer.copy_(factor * value.double() + (1.0 - factor) * buffer.double())
-        out = centred * torch.rsqrt(var + self.eps).view(shape)
-        if self.affine:
-            out = out * self.weight.view(shape) + self.bias.view(shape)
-        return out.to(input.dtype)

@@ -15,7 +15,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from dsconv.benchmark.plots import write_plots
+from dsconv.benchmark.plots import write_plots, write_roofline_plots
 from dsconv.benchmark.report import markdown, write_csv, write_json, write_tensorboard
 from dsconv.benchmark.suite import build_plan, run_suite
 from dsconv.errors import DsconvError
@@ -25,8 +25,9 @@ log = logging.getLogger("dsconv.bench")
 
 
 def run_bench(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
-    """Run the configured benchmark and write results.json, results.csv, pairs.csv, report.md,
-    plots/*.png (``output.plots``) and tensorboard/ (``output.tensorboard``) into ``out_dir``."""
+    """Run the configured benchmark and write results.json, report.md, results.csv and pairs.csv (grid),
+    roofline_layers.csv and roofline_summary.csv (roofline), runtimes.csv and runtime_pairs.csv
+    (runtimes), plots/*.png (``output.plots``) and tensorboard/ (``output.tensorboard``) into ``out_dir``."""
     out_dir = Path(out_dir)
     plan = build_plan(cfg)  # validates everything before the first (slow) measurement
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -37,12 +38,22 @@ def run_bench(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     results["config"] = OmegaConf.to_container(cfg, resolve=True)
     report = markdown(results)
     write_json(out_dir / "results.json", results)
-    write_csv(out_dir / "results.csv", results["rows"])
-    write_csv(out_dir / "pairs.csv", results["pairs"])
     (out_dir / "report.md").write_text(report)
-    if cfg.output.get("plots", True):
-        write_plots(results, out_dir / "plots")
-    if cfg.output.get("tensorboard", False):
+    if plan.sections["grid"]:
+        write_csv(out_dir / "results.csv", results["rows"])
+        write_csv(out_dir / "pairs.csv", results["pairs"])
+    if "roofline" in results:
+        write_csv(out_dir / "roofline_layers.csv", results["roofline"]["layers"])
+        write_csv(out_dir / "roofline_summary.csv", results["roofline"]["summary"])
+    if "runtimes" in results:
+        write_csv(out_dir / "runtimes.csv", results["runtimes"]["rows"])
+        write_csv(out_dir / "runtime_pairs.csv", results["runtimes"]["pairs"])
+    if cfg.output.plots:
+        if plan.sections["grid"]:
+            write_plots(results, out_dir / "plots")
+        if "roofline" in results:
+            write_roofline_plots(results["roofline"], results["twins"], out_dir / "plots")
+    if cfg.output.tensorboard:
         write_tensorboard(out_dir / "tensorboard", results, report)
     log.info("done in %.0f s: %s", results["run_seconds"], out_dir / "report.md")
     return results

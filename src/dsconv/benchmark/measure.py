@@ -13,7 +13,7 @@ import copy
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -22,6 +22,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from dsconv.errors import ConfigError
+from dsconv.evaluation.complexity import eval_mode
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MEMORY_FORMATS: dict[str, torch.memory_format] = {
@@ -274,16 +275,6 @@ def count_flops(
     return int(counter.get_total_flops()) // batch
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
 def quick_inference_profile(
     model: nn.Module,
     input_shape: Sequence[int],
@@ -322,7 +313,7 @@ def quick_inference_profile(
         "noise_threshold": noise_threshold,
         "contention_threshold": contention_threshold,
     }
-    with _eval_mode(model):
+    with eval_mode(model):
         latency, throughput = (
             time_callable(
                 inference_step(model, make_input(batch, input_shape, setting), setting), setting.torch_device, **timing

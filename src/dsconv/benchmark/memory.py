@@ -102,7 +102,7 @@ def _run_workload(
     inference_step(model, make_input(batches["throughput"], target.input_shape, setting), setting)()
     mark("inference")
     model.train()
-    optimizer = build_optimizer(model.parameters(), OmegaConf.create(optimizer_cfg))
+    optimizer = build_optimizer(model, OmegaConf.create(optimizer_cfg))
     x = make_input(batches["train"], target.input_shape, setting)
     training_step(model, x, target.loss_fn(batches["train"], setting.torch_device), optimizer, setting)()
     mark("train")

@@ -141,3 +141,67 @@ def write_plots(results: Mapping[str, Any], out_dir: Path) -> list[Path]:
     latency_vs_macs(results["rows"], paths[1])
     achieved_gflops(results["rows"], paths[2])
     return paths
+
+
+_LAYER_COLORS = {"dense": "tab:blue", "pointwise": "tab:green", "depthwise": "tab:red", "grouped": "tab:purple"}
+
+
+def roofline_figure(roofline: Mapping[str, Any], pairs: Sequence[tuple[str, str]], dtype: str):
+    """Log-log roofline for one dtype: a row per standard/DS pair, the twins side by side, one marker
+    per layer coloured by layer type, the compute ceiling and both bandwidth ceilings drawn."""
+    ceilings = roofline["ceilings"][0]
+    layers = [r for r in roofline["layers"] if r["dtype"] == dtype]
+    targets = {r["target"] for r in layers}
+    rows = [p for p in pairs if p[0] in targets and p[1] in targets] or [(t,) for t in dict.fromkeys(targets)]
+    cols = max(len(r) for r in rows) if rows else 1
+    fig, axes = plt.subplots(len(rows) or 1, cols, figsize=(5.2 * cols, 3.8 * max(1, len(rows))), squeeze=False)
+    peak = float(ceilings[f"peak_{dtype}_gflops"])
+    intensities = [r["arithmetic_intensity"] for r in layers] or [1.0]
+    span = [min([*intensities, 0.1]) / 2, max([*intensities, peak / ceilings["dram_gbs"]]) * 4]
+    grid = [span[0] * (span[1] / span[0]) ** (i / 200) for i in range(201)]
+    for i, row in enumerate(rows):
+        for j, target in enumerate(row):
+            ax = axes[i][j]
+            ax.plot(grid, [min(peak, a * ceilings["dram_gbs"]) for a in grid], "k-", lw=1.2, label="DRAM roof")
+            ax.plot(grid, [min(peak, a * ceilings["cache_gbs"]) for a in grid], "k--", lw=1, label="cache roof")
+            ax.axhline(peak, color="grey", lw=0.8)
+            for kind, color in _LAYER_COLORS.items():
+                for op, marker in (("conv", "o"), ("linear", "s"), ("attention", "D")):
+                    mine = [r for r in layers if r["target"] == target and r["layer_type"] == kind and r["op"] == op]
+                    if mine:
+                        ax.scatter(
+                            [r["arithmetic_intensity"] for r in mine],
+                            [r["achieved_gflops"] for r in mine],
+                            color=color,
+                            marker=marker,
+                            s=22,
+                            label=f"{kind} {op}" if op != "conv" else kind,
+                            alpha=0.8,
+                        )
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_title(f"{target} ({dtype})", fontsize=9)
+            ax.set_xlabel("arithmetic intensity (FLOP / byte, minimum bytes)", fontsize=8)
+            ax.set_ylabel("achieved GFLOP/s", fontsize=8)
+            ax.legend(fontsize=6, loc="lower right")
+        for j in range(len(row), cols):
+            axes[i][j].axis("off")
+    fig.suptitle(
+        f"Roofline ({dtype}): peak {peak:.0f} GFLOP/s, DRAM {ceilings['dram_gbs']:.0f} GB/s, "
+        f"cache {ceilings['cache_gbs']:.0f} GB/s, {ceilings['threads']} threads",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def write_roofline_plots(roofline: Mapping[str, Any], pairs: Sequence[tuple[str, str]], out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for dtype in dict.fromkeys(r["dtype"] for r in roofline["layers"]):
+        fig = roofline_figure(roofline, pairs, dtype)
+        path = out_dir / f"roofline_{dtype}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths

@@ -1,12 +1,13 @@
-"""The benchmark grid: targets x (dtype, memory format, eager/compiled), measured into result rows.
+"""The benchmark plan (validated config) and its three sections, each selectable by ``sections.*``:
 
-Settings form the outer loop and targets the inner one, so the two twins of a pair are measured
-back to back under the same machine load; their ratio is what the report is about.
+- ``grid``: targets x (dtype, memory format, eager/compiled): latency, throughput, training step,
+  peak memory; settings form the outer loop and each pair's twins are timed interleaved;
+- ``roofline``: the machine's ceilings and every conv/linear layer against them;
+- ``runtimes``: eager fp32/bf16, torch.compile, INT8, ONNX Runtime at batch 1 and 32 per pair.
 """
 
 from __future__ import annotations
 
-import gc
 import itertools
 import logging
 from collections.abc import Mapping
@@ -18,26 +19,21 @@ from omegaconf import DictConfig, OmegaConf
 
 from dsconv.benchmark import memory
 from dsconv.benchmark.environment import collect_environment, finish_environment
-from dsconv.benchmark.measure import (
-    Setting,
-    TimingStats,
-    check_setting,
-    count_flops,
-    inference_step,
-    make_input,
-    prepare_model,
-    time_callable,
-    training_step,
-)
+from dsconv.benchmark.grid import groups_of, measure_group, pair_rows
+from dsconv.benchmark.measure import Setting, check_setting, count_flops
+from dsconv.benchmark.options import number
+from dsconv.benchmark.roofline import RooflineOptions, run_roofline
+from dsconv.benchmark.runtimes import RuntimeOptions, run_runtimes
 from dsconv.benchmark.targets import Target, layer_targets, model_target
+from dsconv.benchmark.timing import check_timing_options
 from dsconv.errors import ConfigError
-from dsconv.evaluation.complexity import count_macs, count_params
-from dsconv.training.optim import build_optimizer
+from dsconv.evaluation.complexity import count_fvcore_macs, count_macs, count_params
 
 log = logging.getLogger("dsconv.bench")
 
 MEMORY_METHODS = ("subprocess", "off")
-TIMING_KEYS = ("warmup", "min_iters", "max_iters", "max_time_s", "noise_threshold", "contention_threshold", "retries")
+SECTIONS = ("grid", "roofline", "runtimes")
+TIMING_KEYS = ("warmup", "min_rounds", "max_rounds", "max_time_s", "rel_tol", "confidence", "contention_threshold")
 
 
 @dataclass
@@ -49,6 +45,9 @@ class BenchPlan:
     optimizer: dict[str, Any]
     memory_method: str
     threads: int
+    sections: dict[str, bool]
+    roofline: RooflineOptions | None = None
+    runtimes: RuntimeOptions | None = None
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -56,6 +55,39 @@ def _as_list(value: Any) -> list[Any]:
     if value is None:
         return []
     return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _timing(cfg: DictConfig) -> dict[str, Any]:
+    missing = [key for key in TIMING_KEYS if key not in cfg.timing]
+    if missing:
+        raise ConfigError(f"timing is missing {', '.join(missing)}: see conf/bench.yaml for every timing key")
+    kinds = {"warmup": int, "min_rounds": int, "max_rounds": int}
+    timing = {key: number(cfg.timing[key], f"timing.{key}", kinds.get(key, float)) for key in TIMING_KEYS}
+    check_timing_options(
+        timing["warmup"],
+        timing["min_rounds"],
+        timing["max_rounds"],
+        timing["max_time_s"],
+        timing["rel_tol"],
+        timing["confidence"],
+    )
+    if not timing["contention_threshold"] > 0:
+        raise ConfigError(
+            f"timing.contention_threshold={timing['contention_threshold']}: in CPU cores other processes use, "
+            "must be > 0 (e.g. 0.25)"
+        )
+    return timing
+
+
+def _sections(cfg: DictConfig) -> dict[str, bool]:
+    given = OmegaConf.to_container(cfg.sections, resolve=True)
+    unknown = set(given) - set(SECTIONS)
+    if unknown:
+        raise ConfigError(f"sections.{sorted(unknown)[0]} is not a section: choose from {', '.join(SECTIONS)}")
+    sections = {name: bool(given.get(name, False)) for name in SECTIONS}
+    if not any(sections.values()):
+        raise ConfigError(f"sections: all off, nothing to run: set at least one of {', '.join(SECTIONS)} to true")
+    return sections
 
 
 def build_plan(cfg: DictConfig) -> BenchPlan:
@@ -82,32 +114,36 @@ def build_plan(cfg: DictConfig) -> BenchPlan:
         targets.extend(layer_targets(entry, i, bool(cfg.get("layer_bias", False))))
     if not targets:
         raise ConfigError("nothing to measure: give at least one entry in models=[...] or layers=[...]")
+    labels = [t.label for t in targets]
+    duplicate = next((label for label in labels if labels.count(label) > 1), None)
+    if duplicate is not None:
+        raise ConfigError(f"models: two entries are both labelled {duplicate!r}: give one a `label: ...`")
 
     batches = {key: int(cfg.batch[key]) for key in ("latency", "throughput", "train")}
     if min(batches.values()) < 1:
         raise ConfigError(f"batch sizes must be >= 1, got {batches}")
-    timing = {key: cfg.timing[key] for key in TIMING_KEYS}
-    if int(timing["warmup"]) < 1:
-        raise ConfigError("timing.warmup must be >= 1: warm-up is never skipped (first calls build kernels)")
-    if not 1 <= int(timing["min_iters"]) <= int(timing["max_iters"]):
-        raise ConfigError("timing needs 1 <= timing.min_iters <= timing.max_iters")
-    if float(timing["noise_threshold"]) <= 1.0:
-        raise ConfigError("timing.noise_threshold is a max/min ratio and must be > 1 (e.g. 1.5)")
-    if float(timing["contention_threshold"]) <= 0:
-        raise ConfigError("timing.contention_threshold is in CPU cores used by other processes and must be > 0")
-    if int(timing["retries"]) < 0:
-        raise ConfigError(f"timing.retries must be >= 0, got {timing['retries']}")
     method = str(cfg.memory.method)
     if method not in MEMORY_METHODS:
         raise ConfigError(f"memory.method={method!r}: choose one of {', '.join(MEMORY_METHODS)}")
+    sections = _sections(cfg)
+    cpu_only = [name for name in ("roofline", "runtimes") if sections[name]]
+    if cpu_only and torch.device(device).type != "cpu":
+        raise ConfigError(f"sections.{cpu_only[0]}=true measures the CPU: use device=cpu or set it to false")
     return BenchPlan(
         targets,
         settings,
         batches,
-        timing,
+        _timing(cfg),
         OmegaConf.to_container(cfg.optimizer, resolve=True),
         method,
         torch.get_num_threads(),
+        sections,
+        RooflineOptions.from_config(OmegaConf.to_container(cfg.roofline, resolve=True))
+        if sections["roofline"]
+        else None,
+        RuntimeOptions.from_config(OmegaConf.to_container(cfg.runtimes, resolve=True))
+        if sections["runtimes"]
+        else None,
     )
 
 
@@ -115,42 +151,15 @@ def static_metrics(target: Target) -> dict[str, Any]:
     """Size and arithmetic of one target: the same in every setting, counted once in fp32."""
     model = target.build()
     shape = target.input_shape
-    macs = count_macs(model, shape)
     analytic = target.analytic_macs()
     return {
         "params": count_params(model).total,
-        "macs_per_image": macs,
+        "macs_per_image": count_macs(model, shape),
+        "fvcore_macs_per_image": count_fvcore_macs(model, shape),
         "macs_analytic": analytic if analytic is not None else "",
         "flops_per_image": count_flops(model, shape),
         "train_flops_per_image": count_flops(model, shape, target.loss_fn(2, torch.device("cpu"))),
     }
-
-
-def _timed(fn, device: torch.device, timing: Mapping[str, Any]) -> tuple[TimingStats, int]:
-    """Time ``fn``; a measurement with a large max/min spread (a transient disturbance) is repeated,
-    with its warm-up, up to ``timing.retries`` times and the best attempt (reliable first, then
-    smallest spread) is kept, still flagged when it is unreliable too. A contended one is not
-    repeated: a competing process usually outlasts a retry, which would only double the run."""
-    best: TimingStats | None = None
-    attempts = 0
-    while attempts <= int(timing["retries"]):
-        attempts += 1
-        stats = time_callable(
-            fn,
-            device,
-            warmup=int(timing["warmup"]),
-            min_iters=int(timing["min_iters"]),
-            max_iters=int(timing["max_iters"]),
-            max_time_s=float(timing["max_time_s"]),
-            noise_threshold=float(timing["noise_threshold"]),
-            contention_threshold=float(timing["contention_threshold"]),
-        )
-        if best is None or (stats.unreliable, stats.spread) < (best.unreliable, best.spread):
-            best = stats
-        if not stats.noisy:
-            break
-    assert best is not None
-    return best, attempts
 
 
 def peak_memory(plan: BenchPlan) -> dict[tuple[str, Setting], dict[str, Any]]:
@@ -172,111 +181,7 @@ def peak_memory(plan: BenchPlan) -> dict[tuple[str, Setting], dict[str, Any]]:
     return results
 
 
-def measure_config(target: Target, setting: Setting, plan: BenchPlan, static: Mapping[str, Any]) -> dict[str, Any]:
-    """Latency at batch 1, throughput at the large batch, training-step time, achieved GFLOP/s."""
-    device = setting.torch_device
-    b = plan.batches
-    row: dict[str, Any] = {}
-    gc.collect()
-
-    model = prepare_model(target.build(), setting)
-    model.eval()
-    (latency, latency_attempts), (throughput, throughput_attempts) = (
-        _timed(inference_step(model, make_input(b[key], target.input_shape, setting), setting), device, plan.timing)
-        for key in ("latency", "throughput")
-    )
-    model.train()
-    optimizer = build_optimizer(model.parameters(), OmegaConf.create(plan.optimizer))
-    x = make_input(b["train"], target.input_shape, setting)
-    train_fn = training_step(model, x, target.loss_fn(b["train"], device), optimizer, setting)
-    train, train_attempts = _timed(train_fn, device, plan.timing)
-    del model, optimizer, x, train_fn
-
-    thr_img_s = b["throughput"] / (throughput.median_ms / 1e3)
-    train_img_s = b["train"] / (train.median_ms / 1e3)
-    measured = {"latency_b1": latency, "throughput": throughput, "train": train}
-    noisy = [f"{name} ({stats.reason()})" for name, stats in measured.items() if stats.unreliable]
-    row.update(
-        {
-            "latency_b1_median_ms": latency.median_ms,
-            "latency_b1_p90_ms": latency.p90_ms,
-            "latency_b1_min_ms": latency.min_ms,
-            "latency_b1_iters": latency.iters,
-            "latency_b1_spread": latency.spread,
-            "latency_b1_attempts": latency_attempts,
-            "latency_b1_others_cores": _or_blank(latency.others_cores),
-            "first_call_ms": latency.first_call_ms,
-            "throughput_batch": b["throughput"],
-            "throughput_img_per_s": thr_img_s,
-            "throughput_iters": throughput.iters,
-            "throughput_spread": throughput.spread,
-            "throughput_attempts": throughput_attempts,
-            "throughput_others_cores": _or_blank(throughput.others_cores),
-            "train_batch": b["train"],
-            "train_step_median_ms": train.median_ms,
-            "train_step_p90_ms": train.p90_ms,
-            "train_img_per_s": train_img_s,
-            "train_iters": train.iters,
-            "train_spread": train.spread,
-            "train_attempts": train_attempts,
-            "train_others_cores": _or_blank(train.others_cores),
-            "achieved_gflops_b1": static["flops_per_image"] / (latency.median_ms / 1e3) / 1e9,
-            "achieved_gflops_throughput": static["flops_per_image"] * thr_img_s / 1e9,
-            "achieved_gflops_train": static["train_flops_per_image"] * train_img_s / 1e9,
-            "noisy": bool(noisy),
-            "noisy_measurements": ";".join(noisy),
-        }
-    )
-    return row
-
-
-def run_suite(plan: BenchPlan, env_extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Measure every (setting, target) configuration; return environment, rows and pair ratios."""
-    device = plan.settings[0].torch_device
-    env = {**collect_environment(device), **(env_extra or {})}
-    statics = {t.label: static_metrics(t) for t in plan.targets}
-    peaks = peak_memory(plan)
-    pair_names = _pair_names(plan.targets)
-    rows = []
-    total = len(plan.settings) * len(plan.targets)
-    for setting in plan.settings:
-        for target in plan.targets:
-            row: dict[str, Any] = {
-                "target": target.label,
-                "pair": pair_names[target.pair_key],
-                "kind": target.kind,
-                "conv": target.conv,
-                "dataset": target.dataset,
-                "input_shape": "x".join(map(str, target.input_shape)),
-                "device": str(setting.torch_device),
-                "device_name": env["device_name"],
-                "cpu_model": env["cpu_model"],
-                "torch_version": env["torch_version"],
-                "num_threads": torch.get_num_threads(),
-                "dtype": setting.dtype,
-                "memory_format": setting.memory_format,
-                "compile": setting.compile,
-                **statics[target.label],
-                **peaks[(target.label, setting)],
-            }
-            row.update(measure_config(target, setting, plan, statics[target.label]))
-            rows.append(row)
-            log.info(
-                "[%d/%d] %-32s %-26s b1 %8.3f ms (p90 %.3f)  %9.1f img/s  train %8.1f img/s%s",
-                len(rows),
-                total,
-                target.label,
-                setting.label,
-                row["latency_b1_median_ms"],
-                row["latency_b1_p90_ms"],
-                row["throughput_img_per_s"],
-                row["train_img_per_s"],
-                f"  NOISY: {row['noisy_measurements']}" if row["noisy"] else "",
-            )
-    return {"environment": finish_environment(env), "rows": rows, "pairs": derive_pairs(rows)}
-
-
-def _pair_names(targets: list[Target]) -> dict[str, str]:
+def pair_names(targets: list[Target]) -> dict[str, str]:
     """A readable name per pair key: the model or layer label without its conv kind."""
     names: dict[str, str] = {}
     for target in targets:
@@ -289,47 +194,78 @@ def _pair_names(targets: list[Target]) -> dict[str, str]:
     return names
 
 
-def _or_blank(value: float | None) -> float | str:
-    return "" if value is None else value
+def twin_pairs(targets: list[Target]) -> list[tuple[str, str]]:
+    """(standard label, variant label) for every pair."""
+    out = []
+    for group in groups_of(targets):
+        base = next((t for t in group if t.conv == "standard"), None)
+        out += [(base.label, t.label) for t in group if base is not None and t is not base]
+    return out
 
 
-def _ratio(numerator: float, denominator: float) -> float | str:
-    return numerator / denominator if denominator else ""
-
-
-def derive_pairs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """For every standard/DS pair and setting: MAC ratio, measured speedups and their quotient
-    (the share of the theoretical saving the hardware realizes; 1.0 = all of it)."""
-    pairs = []
-    key = ("pair", "dtype", "memory_format", "compile")
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(tuple(row[k] for k in key), []).append(row)
-    for group in groups.values():
-        base = next((r for r in group if r["conv"] == "standard"), None)
-        if base is None:
-            continue
-        for other in (r for r in group if r is not base):
-            mac_ratio = _ratio(base["macs_per_image"], other["macs_per_image"])
-            speedups = {
-                "latency_b1": _ratio(base["latency_b1_median_ms"], other["latency_b1_median_ms"]),
-                "throughput": _ratio(other["throughput_img_per_s"], base["throughput_img_per_s"]),
-                "train": _ratio(other["train_img_per_s"], base["train_img_per_s"]),
-            }
-            pair = {k: base[k] for k in key}
-            pair.update(
-                {
-                    "baseline": base["target"],
-                    "variant": other["target"],
-                    "variant_conv": other["conv"],
-                    "param_ratio": _ratio(base["params"], other["params"]),
-                    "mac_ratio": mac_ratio,
-                    "flop_ratio": _ratio(base["flops_per_image"], other["flops_per_image"]),
+def run_grid(plan: BenchPlan, env: Mapping[str, Any], statics: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    peaks = peak_memory(plan)
+    names = pair_names(plan.targets)
+    rows: list[dict[str, Any]] = []
+    pairs: list[dict[str, Any]] = []
+    for setting in plan.settings:
+        for group in groups_of(plan.targets):
+            measured_rows, measured = measure_group(group, setting, plan.batches, plan.optimizer, plan.timing, statics)
+            group_rows = {}
+            for target in group:
+                row: dict[str, Any] = {
+                    "target": target.label,
+                    "pair": names[target.pair_key],
+                    "kind": target.kind,
+                    "conv": target.conv,
+                    "dataset": target.dataset,
+                    "input_shape": "x".join(map(str, target.input_shape)),
+                    "device": str(setting.torch_device),
+                    "device_name": env["device_name"],
+                    "cpu_model": env["cpu_model"],
+                    "torch_version": env["torch_version"],
+                    "num_threads": torch.get_num_threads(),
+                    "dtype": setting.dtype,
+                    "memory_format": setting.memory_format,
+                    "compile": setting.compile,
+                    **statics[target.label],
+                    **peaks[(target.label, setting)],
+                    **measured_rows[target.label],
                 }
-            )
-            for name, speedup in speedups.items():
-                pair[f"speedup_{name}"] = speedup
-                pair[f"realized_{name}"] = _ratio(speedup, mac_ratio) if speedup != "" else ""
-            pair["noisy"] = bool(base["noisy"] or other["noisy"])
-            pairs.append(pair)
-    return pairs
+                group_rows[target.label] = row
+                rows.append(row)
+                log.info(
+                    "[%d/%d] %-32s %-26s b1 %8.3f ms [%.3f, %.3f]  %9.1f img/s  train %8.1f img/s%s",
+                    len(rows),
+                    len(plan.settings) * len(plan.targets),
+                    target.label,
+                    setting.label,
+                    row["latency_b1_median_ms"],
+                    row["latency_b1_ci_low_ms"],
+                    row["latency_b1_ci_high_ms"],
+                    row["throughput_img_per_s"],
+                    row["train_img_per_s"],
+                    f"  NOISY: {row['noisy_measurements']}" if row["noisy"] else "",
+                )
+            pairs += pair_rows(group, group_rows, measured, float(plan.timing["confidence"]))
+    return {"rows": rows, "pairs": pairs}
+
+
+def run_suite(plan: BenchPlan, env_extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Run the enabled sections; return environment, static metrics and each section's results."""
+    device = plan.settings[0].torch_device
+    env = {**collect_environment(device), **(env_extra or {})}
+    statics = {t.label: static_metrics(t) for t in plan.targets}
+    results: dict[str, Any] = {"statics": statics, "rows": [], "pairs": [], "twins": twin_pairs(plan.targets)}
+    if plan.sections["grid"]:
+        results.update(run_grid(plan, env, statics))
+    if plan.roofline is not None:
+        log.info("roofline: ceilings and %d targets' layers", len(plan.targets))
+        results["roofline"] = run_roofline(plan.targets, results["twins"], plan.roofline, plan.timing)
+    if plan.runtimes is not None:
+        log.info("runtimes: %s", ", ".join(plan.runtimes.runtimes))
+        results["runtimes"] = run_runtimes(
+            groups_of(plan.targets), pair_names(plan.targets), plan.runtimes, plan.timing
+        )
+    results["environment"] = finish_environment(env)
+    return results

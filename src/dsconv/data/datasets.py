@@ -70,8 +70,9 @@ def load_dataset(cfg: Any, data_dir: str | Path) -> DatasetSplits:
     if name not in _LOADERS:
         raise ConfigError(f"unknown dataset {name!r}: choose one of {', '.join(sorted(_LOADERS))}")
     train, test, classes = _LOADERS[name](cfg, Path(data_dir))
-    train, val = _carve_validation(train, int(cfg.val_size), int(cfg.get("split_seed", 0)), name)
-    limit = cfg.get("limit_train")
+    train, val = _carve_validation(train, int(cfg.val_size), int(cfg.split_seed), name)
+    # An optional key (added with +dataset.limit_train=N): keep only the first N training images.
+    limit = cfg.limit_train if "limit_train" in cfg else None
     if limit:
         train = Split(train.images[: int(limit)], train.labels[: int(limit)])
     scaled = train.images.float().div_(255)
@@ -99,7 +100,7 @@ def _mnist_like(cls_name: str, classes: tuple[str, ...]):
         cls = getattr(tvd, cls_name)
         splits = []
         for train in (True, False):
-            ds = _open_torchvision(cls, data_dir, train, bool(cfg.get("download", True)), cls_name)
+            ds = _open_torchvision(cls, data_dir, train, bool(cfg.download), cls_name)
             splits.append(Split(ds.data.unsqueeze(1).contiguous(), ds.targets.long()))
         return splits[0], splits[1], classes
 
@@ -107,10 +108,10 @@ def _mnist_like(cls_name: str, classes: tuple[str, ...]):
 
 
 def _cifar10(cfg: Any, data_dir: Path) -> tuple[Split, Split, tuple[str, ...]]:
-    cls = cifar10_class(bool(cfg.get("verify_checksums", True)))
+    cls = cifar10_class(bool(cfg.verify_checksums))
     splits = []
     for train in (True, False):
-        ds = _open_torchvision(cls, data_dir, train, bool(cfg.get("download", True)), "CIFAR10")
+        ds = _open_torchvision(cls, data_dir, train, bool(cfg.download), "CIFAR10")
         images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
         splits.append(Split(images, torch.as_tensor(ds.targets, dtype=torch.long)))
     return splits[0], splits[1], CIFAR10_CLASSES
@@ -173,16 +174,16 @@ def _digits(cfg: Any, data_dir: Path) -> tuple[Split, Split, tuple[str, ...]]:
 
     bunch = load_digits()
     images = torch.from_numpy(bunch.images).float().unsqueeze(1) / 16.0
-    size = int(cfg.get("image_size", 28))
+    size = int(cfg.image_size)
     images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
     images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
     labels = torch.from_numpy(bunch.target).long()
     idx = np.arange(len(labels))
     train_idx, test_idx = train_test_split(
         idx,
-        test_size=float(cfg.get("test_fraction", 0.2)),
+        test_size=float(cfg.test_fraction),
         stratify=labels.numpy(),
-        random_state=int(cfg.get("split_seed", 0)),
+        random_state=int(cfg.split_seed),
     )
     train_idx, test_idx = torch.from_numpy(np.sort(train_idx)), torch.from_numpy(np.sort(test_idx))
     return (Split(images[train_idx], labels[train_idx]), Split(images[test_idx], labels[test_idx]), MNIST_CLASSES)
@@ -191,18 +192,27 @@ def _digits(cfg: Any, data_dir: Path) -> tuple[Split, Split, tuple[str, ...]]:
 def _synthetic(cfg: Any, data_dir: Path) -> tuple[Split, Split, tuple[str, ...]]:
     """Class templates plus noise: learnable in an epoch, any shape, generated from a seed."""
     channels, size, classes = int(cfg.channels), int(cfg.image_size), int(cfg.num_classes)
-    gen = torch.Generator().manual_seed(int(cfg.get("data_seed", 0)))
+    gen = torch.Generator().manual_seed(int(cfg.data_seed))
     # Smooth templates (upsampled 4x4 noise) so convolutions have spatial structure to find.
     templates = torch.rand(classes, channels, 4, 4, generator=gen)
     templates = torch.nn.functional.interpolate(templates, size=(size, size), mode="bilinear", align_corners=False)
 
     def make(n: int) -> Split:
         labels = torch.randint(0, classes, (n,), generator=gen)
-        noise = torch.randn(n, channels, size, size, generator=gen) * float(cfg.get("noise", 0.25))
+        noise = torch.randn(n, channels, size, size, generator=gen) * float(cfg.noise)
         images = ((templates[labels] + noise).clamp(0, 1) * 255).round().to(torch.uint8)
         return Split(images, labels)
 
     return make(int(cfg.num_train)), make(int(cfg.num_test)), tuple(f"class_{i}" for i in range(classes))
+
+
+def _image_folder(cfg: Any, data_dir: Path) -> tuple[Split, Split, tuple[str, ...]]:
+    """Any ``root/{train,test}/<class>/<image>`` tree (``dsconv.data.image_folder``), e.g. the CIFAR-10 JPEG copy."""
+    from dsconv.data.image_folder import load_image_folder, resolve_root
+
+    root = resolve_root(str(cfg.root), None if cfg.archive is None else str(cfg.archive), data_dir)
+    (train_x, train_y), (test_x, test_y), classes = load_image_folder(root, int(cfg.image_size), int(cfg.channels))
+    return Split(train_x, train_y), Split(test_x, test_y), tuple(classes)
 
 
 _LOADERS = {
@@ -211,4 +221,6 @@ _LOADERS = {
     "cifar10": _cifar10,
     "digits": _digits,
     "synthetic": _synthetic,
+    "image_folder": _image_folder,
+    "cifar10_jpeg": _image_folder,
 }

@@ -31,8 +31,9 @@ class Normalize:
         return torch.addcmul(self.shift, images.float(), self.scale)
 
 
-class GpuAugment:
-    """Random crop with zero padding and horizontal flip for a whole batch (uint8 in, uint8 out)."""
+class BatchAugment:
+    """Random crop with zero padding and horizontal flip for a whole batch (uint8 in, uint8 out), on
+    whatever device the batch is on."""
 
     def __init__(self, crop_padding: int = 0, hflip: bool = False) -> None:
         if crop_padding < 0:
@@ -74,6 +75,10 @@ class GpuAugment:
         return flat.gather(2, index.expand(n, flat.shape[1], h * w)).view(n, -1, h, w)
 
 
+# The old name, until scripts/bench_train.py imports the new one.
+GpuAugment = BatchAugment
+
+
 def shard(split: Split, rank: int, world_size: int) -> Split:
     """Rank ``rank``'s contiguous piece of ``split`` (sizes differ by at most one; none is dropped)."""
     if world_size == 1:
@@ -99,7 +104,7 @@ class DeviceBatches:
         *,
         shuffle: bool = False,
         drop_last: bool = False,
-        augment: GpuAugment | None = None,
+        augment: BatchAugment | None = None,
         generator: torch.Generator | None = None,
         channels_last: bool = False,
         rank: int = 0,

@@ -1,21 +1,19 @@
-"""Files and TensorBoard records written at the end of every run."""
+"""Files and TensorBoard records written at the end of every run.
+
+matplotlib is imported by ``write_figures`` only, so the TensorBoard graph at the start of a run
+does not pay for it.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-
-from dsconv.evaluation.plots import (
-    confusion_matrix_figure,
-    curves_figure,
-    sample_predictions_figure,
-    save_figure,
-)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +44,8 @@ def write_figures(
     title: str,
     writer=None,
 ) -> None:
+    from dsconv.evaluation.plots import confusion_matrix_figure, curves_figure, sample_predictions_figure, save_figure
+
     figures = {
         "confusion_matrix": confusion_matrix_figure(confusion, classes, f"{title} — test confusion matrix"),
         "sample_predictions": sample_predictions_figure(test_images, test_labels, test_logits, classes),
@@ -73,7 +73,9 @@ def log_tensorboard_summary(
 
 def log_graph(writer, model: torch.nn.Module, example: torch.Tensor) -> None:
     try:
-        writer.add_graph(model, example)
+        with warnings.catch_warnings():  # add_graph traces with torch.jit, which warns that it is deprecated
+            warnings.simplefilter("ignore", FutureWarning)
+            writer.add_graph(model, example)
     except Exception as exc:  # tracing fails for some dynamic models; the run is still useful
         log.warning("TensorBoard graph skipped: %s", str(exc).splitlines()[0] if str(exc) else exc)
 

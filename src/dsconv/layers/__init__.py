@@ -5,7 +5,7 @@ Importing this package registers every conv kind (``inverted_residual`` register
 
 from dsconv.layers.activations import get_act_layer, make_act
 from dsconv.layers.convert import ConversionReport, separable_like, to_separable
-from dsconv.layers.factory import conv_kinds, conv_norm_act, make_conv, register_conv
+from dsconv.layers.factory import conv_kind_options, conv_kinds, conv_norm_act, make_conv, register_conv
 from dsconv.layers.inverted_residual import InvertedResidual
 from dsconv.layers.norm import get_norm_layer, make_norm
 from dsconv.layers.separable import SeparableConv2d, SqueezeExcite
@@ -15,6 +15,7 @@ __all__ = [
     "InvertedResidual",
     "SeparableConv2d",
     "SqueezeExcite",
+    "conv_kind_options",
     "conv_kinds",
     "conv_norm_act",
     "get_act_layer",

@@ -9,20 +9,12 @@ initialised (PyTorch's defaults): the dense weights have no exact separable equi
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any
 
 import torch.nn as nn
 
-from dsconv.layers.separable import SeparableConv2d
-
-# Geometry comes from the replaced conv; only SeparableConv2d's keyword-only extras are options.
-SEPARABLE_OPTIONS: tuple[str, ...] = tuple(
-    name
-    for name, param in inspect.signature(SeparableConv2d.__init__).parameters.items()
-    if param.kind is inspect.Parameter.KEYWORD_ONLY
-)
+from dsconv.layers.separable import SEPARABLE_OPTIONS, SeparableConv2d
 
 
 @dataclass(frozen=True)
@@ -85,6 +77,40 @@ def separable_like(conv: nn.Conv2d, **options: Any) -> SeparableConv2d:
     )
     layer.to(device=conv.weight.device, dtype=conv.weight.dtype)
     return layer.train(conv.training)
+
+
+def replace_convs(model: nn.Module, kind: str, min_kernel_size: int = 3, **options: Any) -> list[str]:
+    """Rebuild every eligible dense conv of ``model`` in place with ``make_conv(kind, ...)``; their names.
+
+    The conv factory's twin of ``to_separable``: geometry and bias come from each replaced conv, ``options``
+    (the kind's conv options) go to every new layer, so the registry's converted models build their convs
+    the same way as the others. ``kind="standard"`` changes nothing.
+    """
+    from dsconv.layers.factory import make_conv  # lazy: the factory imports this package's layers
+
+    if kind == "standard":
+        return []
+    replaced: list[str] = []
+    for prefix, parent in list(model.named_modules()):
+        for name, child in list(parent._modules.items()):
+            if child is None or not is_eligible(child, min_kernel_size):
+                continue
+            if len(set(child.kernel_size)) != 1 or child.padding_mode != "zeros" or isinstance(child.padding, str):
+                raise ValueError(f"replace_convs handles square zero-padded convs only, got {child}")
+            layer = make_conv(
+                kind,
+                child.in_channels,
+                child.out_channels,
+                child.kernel_size[0],
+                child.stride[0],
+                padding=child.padding[0],
+                dilation=child.dilation[0],
+                bias=child.bias is not None,
+                **options,
+            )
+            setattr(parent, name, layer.to(device=child.weight.device, dtype=child.weight.dtype).train(child.training))
+            replaced.append(f"{prefix}.{name}" if prefix else name)
+    return replaced
 
 
 def to_separable(

@@ -6,6 +6,7 @@ so a single config key (``model.conv``) turns a network into its depthwise-separ
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +15,7 @@ import torch.nn as nn
 from dsconv.errors import ConfigError
 from dsconv.layers.activations import ActLayer, make_act
 from dsconv.layers.norm import NormLayer, get_norm_layer, make_norm
-from dsconv.layers.separable import SeparableConv2d
+from dsconv.layers.separable import SEPARABLE_OPTIONS, SeparableConv2d
 
 ConvBuilder = Callable[..., nn.Module]
 _CONV_KINDS: dict[str, ConvBuilder] = {}
@@ -30,6 +31,28 @@ def register_conv(kind: str) -> Callable[[ConvBuilder], ConvBuilder]:
 
 def conv_kinds() -> list[str]:
     return sorted(_CONV_KINDS)
+
+
+# Geometry that models choose per layer; everything else a kind accepts is a user option (model.conv_options).
+_GEOMETRY = ("in_ch", "out_ch", "kernel_size", "stride")
+
+
+def conv_kind_options(kind: str) -> tuple[str, ...]:
+    """Keyword options a conv kind accepts beyond its geometry, read from its builder's signature.
+
+    A builder that forwards ``**options`` to a layer declares them with a ``declared_options``
+    attribute, so models can route each ``model.conv_options`` key to the kinds that take it.
+    """
+    if kind not in _CONV_KINDS:
+        raise ConfigError(f"unknown conv kind {kind!r}: choose one of {', '.join(conv_kinds())} (model.conv)")
+    builder = _CONV_KINDS[kind]
+    declared = getattr(builder, "declared_options", ())
+    named = [
+        name
+        for name, param in inspect.signature(builder).parameters.items()
+        if name not in _GEOMETRY and param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL)
+    ]
+    return tuple(dict.fromkeys([*named, *declared]))
 
 
 def default_padding(kernel_size: int, dilation: int = 1) -> int:
@@ -52,8 +75,14 @@ def _separable(in_ch, out_ch, kernel_size, stride=1, padding=None, dilation=1, b
     return SeparableConv2d(in_ch, out_ch, kernel_size, stride, padding, dilation, bias=bias, **options)
 
 
+_separable.declared_options = SEPARABLE_OPTIONS  # type: ignore[attr-defined]
+
+
 def make_conv(kind: str, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, **options: Any) -> nn.Module:
     """Build a bare convolution of ``kind`` (``standard`` | ``separable`` | ``inverted_residual``).
+
+    ``inverted_residual`` is this package's MobileNetV2 block (``dsconv.layers.InvertedResidual``),
+    the one every registry model uses under that name (``tv_mobilenet_v2`` included).
 
     ``padding`` defaults to the size-preserving ``dilation * (k - 1) // 2``; other ``options`` go
     to the layer (e.g. ``depth_multiplier``, ``skip`` for separable convs).

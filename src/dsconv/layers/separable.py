@@ -7,6 +7,7 @@ FLOP counters, pruning tools and ``to_separable`` keep recognising them. Every o
 
 from __future__ import annotations
 
+import inspect
 import numbers
 from collections.abc import Sequence
 
@@ -260,6 +261,14 @@ class SeparableConv2d(nn.Module):
         if self.skip:
             parts.append("skip=" + ("identity" if isinstance(self.shortcut, nn.Identity) else "projection"))
         return ", ".join(parts)
+
+
+# Geometry comes from the call site; SeparableConv2d's keyword-only extras are its options.
+SEPARABLE_OPTIONS: tuple[str, ...] = tuple(
+    name
+    for name, param in inspect.signature(SeparableConv2d.__init__).parameters.items()
+    if param.kind is inspect.Parameter.KEYWORD_ONLY
+)
 
 
 def _make_shortcut(

@@ -5,6 +5,9 @@ Each dense layer is pre-activation: BN -> act -> [1x1 bottleneck to ``bottleneck
 are concatenated to its input. Transitions (BN -> act -> 1x1 conv compressing by ``compression``
 -> 2x2 average pool) sit between blocks. The 3x3 stem conv and the 1x1 convs are the same in both
 twins (a 1x1 conv is already pointwise), so the twins differ exactly in the dense layers' 3x3 convs.
+
+Each dense block is a stage (``model.conv``/``kernel_size``/``depth_multiplier`` per block); ``width``
+multiplies the growth rate, the bottleneck and the stem (see ``layer_growths`` for fractional rates).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch.nn as nn
 from dsconv.errors import ConfigError
 from dsconv.layers import make_act, make_conv
 from dsconv.models.init import init_weights
-from dsconv.models.stages import stage_kinds
+from dsconv.models.stages import Stage, check_width, plan_stages, scale_channels
 from dsconv.registry import register_model
 
 
@@ -26,24 +29,25 @@ class DenseLayer(nn.Module):
     def __init__(
         self,
         in_ch: int,
-        growth_rate: int,
-        kind: str,
-        bottleneck_width: int | None,
+        growth: int,
+        mid: int | None,
+        stage: Stage,
         dropout: float,
         act_layer: Any,
-        conv_options: dict,
     ) -> None:
         super().__init__()
-        if bottleneck_width:
-            mid = bottleneck_width * growth_rate
+        if mid:
             self.bottleneck = nn.Sequential(
-                nn.BatchNorm2d(in_ch), make_act(act_layer), nn.Conv2d(in_ch, mid, 1, bias=False)
+                nn.BatchNorm2d(in_ch), make_act(act_layer), make_conv("standard", in_ch, mid, 1, bias=False)
             )
         else:
             mid, self.bottleneck = in_ch, nn.Identity()
         self.norm = nn.BatchNorm2d(mid)
         self.act = make_act(act_layer)
-        self.conv = make_conv(kind, mid, growth_rate, 3, bias=False, **conv_options)
+        options = dict(stage.options)
+        if stage.kind == "inverted_residual":
+            options.setdefault("act_layer", act_layer)
+        self.conv = make_conv(stage.kind, mid, growth, stage.kernel_size, bias=False, **options)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -51,12 +55,15 @@ class DenseLayer(nn.Module):
 
 
 class DenseBlock(nn.Module):
-    def __init__(self, num_layers: int, in_ch: int, growth_rate: int, **layer_options: Any) -> None:
+    """``len(growths)`` dense layers; layer i adds ``growths[i]`` channels to everything before it."""
+
+    def __init__(self, in_ch: int, growths: Sequence[int], **layer_options: Any) -> None:
         super().__init__()
+        offsets = [sum(growths[:i]) for i in range(len(growths))]
         self.layers = nn.ModuleList(
-            DenseLayer(in_ch + i * growth_rate, growth_rate, **layer_options) for i in range(num_layers)
+            DenseLayer(in_ch + offset, growth, **layer_options) for offset, growth in zip(offsets, growths)
         )
-        self.out_channels = in_ch + num_layers * growth_rate
+        self.out_channels = in_ch + sum(growths)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = [x]
@@ -65,10 +72,25 @@ class DenseBlock(nn.Module):
         return torch.cat(features, dim=1)
 
 
+def layer_growths(num_layers: int, growth_rate: int, width: float) -> list[int]:
+    """Per-layer growth for a fractional rate ``growth_rate * width``: layer i adds
+    ``round((i+1)·r) − round(i·r)`` channels, so a block grows by ``round(n·r)`` in all.
+
+    A whole-number rate (width 1.0) gives every layer exactly ``growth_rate``. Spreading the fraction over
+    the layers keeps the cost monotone in ``width`` with steps of one channel, fine enough for a bisection
+    to match a MAC budget; rounding the rate itself would move every layer at once (~9% MAC steps).
+    """
+    rate = growth_rate * width
+    return [max(1, round((i + 1) * rate) - round(i * rate)) for i in range(num_layers)]
+
+
 class Transition(nn.Sequential):
     def __init__(self, in_ch: int, out_ch: int, act_layer: Any) -> None:
         super().__init__(
-            nn.BatchNorm2d(in_ch), make_act(act_layer), nn.Conv2d(in_ch, out_ch, 1, bias=False), nn.AvgPool2d(2)
+            nn.BatchNorm2d(in_ch),
+            make_act(act_layer),
+            make_conv("standard", in_ch, out_ch, 1, bias=False),
+            nn.AvgPool2d(2),
         )
 
 
@@ -78,6 +100,9 @@ class DenseNet4(nn.Module):
         input_shape: tuple[int, int, int],
         num_classes: int,
         conv: str | Sequence[str] = "separable",
+        kernel_size: int | Sequence[int] = 3,
+        depth_multiplier: int | Sequence[int] = 1,
+        width: float = 1.0,
         growth_rate: int = 16,
         block_layers: Sequence[int] = (4, 6, 8, 6),
         bottleneck_width: int | None = 4,
@@ -94,29 +119,23 @@ class DenseNet4(nn.Module):
             raise ConfigError(f"model.compression must be in (0, 1], got {compression}")
         if len(block_layers) < 1 or min(block_layers) < 1:
             raise ConfigError(f"model.block_layers needs positive layer counts, got {list(block_layers)}")
-        kinds = stage_kinds(conv, len(block_layers))
-        channels = stem_channels or 2 * growth_rate
-        self.stem = nn.Conv2d(input_shape[0], channels, 3, padding=1, bias=False)
-        stages: list[nn.Module] = []
-        for index, (kind, num_layers) in enumerate(zip(kinds, block_layers)):
-            options = dict(conv_options or {}) if kind != "standard" else {}
-            block = DenseBlock(
-                num_layers,
-                channels,
-                growth_rate,
-                kind=kind,
-                bottleneck_width=bottleneck_width,
-                dropout=dropout,
-                act_layer=act_layer,
-                conv_options=options,
-            )
-            stages.append(block)
+        width = check_width(width)
+        stages = plan_stages(len(block_layers), conv, kernel_size, depth_multiplier, conv_options)
+        self.num_stages = len(stages)
+        mid = scale_channels(bottleneck_width * growth_rate, width) if bottleneck_width else None
+        channels = scale_channels(stem_channels or 2 * growth_rate, width)
+        self.stem = make_conv("standard", input_shape[0], channels, 3, bias=False)
+        blocks: list[nn.Module] = []
+        for index, (stage, num_layers) in enumerate(zip(stages, block_layers)):
+            growths = layer_growths(num_layers, growth_rate, width)
+            block = DenseBlock(channels, growths, mid=mid, stage=stage, dropout=dropout, act_layer=act_layer)
+            blocks.append(block)
             channels = block.out_channels
             if index < len(block_layers) - 1:
                 reduced = max(1, int(channels * compression))
-                stages.append(Transition(channels, reduced, act_layer))
+                blocks.append(Transition(channels, reduced, act_layer))
                 channels = reduced
-        self.features = nn.Sequential(*stages)
+        self.features = nn.Sequential(*blocks)
         self.head = nn.Sequential(
             nn.BatchNorm2d(channels),
             make_act(act_layer),
@@ -130,6 +149,4 @@ class DenseNet4(nn.Module):
         return self.head(self.features(self.stem(x)))
 
 
-@register_model("densenet4")
-def densenet4(input_shape, num_classes, **options) -> nn.Module:
-    return DenseNet4(input_shape, num_classes, **options)
+register_model("densenet4")(DenseNet4)

@@ -16,31 +16,41 @@ import torch.nn as nn
 
 from dsconv.layers import make_act, make_conv
 from dsconv.models.init import init_weights
-from dsconv.models.stages import stage_kinds
+from dsconv.models.stages import check_width, plan_stages, scale_channels
 from dsconv.registry import register_model
 
 
 class MnistCNN(nn.Module):
+    """Three conv stages; ``width`` scales their channels, the hidden FC size stays (see ``models.stages``)."""
+
     def __init__(
         self,
         input_shape: tuple[int, int, int],
         num_classes: int,
         conv: str | Sequence[str] = "standard",
         channels: Sequence[int] = (32, 64, 128),
-        kernel_size: int = 3,
+        kernel_size: int | Sequence[int] = 3,
+        depth_multiplier: int | Sequence[int] = 1,
+        width: float = 1.0,
         hidden: int = 64,
         dropout: float = 0.5,
         act_layer: Any = nn.ReLU,
         conv_options: dict | None = None,
     ) -> None:
         super().__init__()
+        width = check_width(width)
+        stages = plan_stages(len(channels), conv, kernel_size, depth_multiplier, conv_options)
+        self.num_stages = len(stages)
         in_ch = input_shape[0]
         blocks: list[nn.Module] = []
-        for kind, out_ch in zip(stage_kinds(conv, len(channels)), channels):
-            options = dict(conv_options or {}) if kind != "standard" else {}
+        for stage, base_ch in zip(stages, channels):
+            out_ch = scale_channels(base_ch, width)
+            options = dict(stage.options)
+            if stage.kind == "inverted_residual":
+                options.setdefault("act_layer", act_layer)  # the activation group reaches inside the block
             blocks.append(
                 nn.Sequential(
-                    make_conv(kind, in_ch, out_ch, kernel_size, **options),
+                    make_conv(stage.kind, in_ch, out_ch, stage.kernel_size, **options),
                     nn.BatchNorm2d(out_ch),
                     make_act(act_layer),
                     nn.MaxPool2d(2),
@@ -62,6 +72,4 @@ class MnistCNN(nn.Module):
         return self.head(self.pool(self.features(x)))
 
 
-@register_model("mnist_cnn")
-def mnist_cnn(input_shape, num_classes, **options) -> nn.Module:
-    return MnistCNN(input_shape, num_classes, **options)
+register_model("mnist_cnn")(MnistCNN)

@@ -15,9 +15,7 @@ so a state_dict can be loaded into an equivalent torch.nn model for checks.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 import torch.nn as nn
@@ -81,6 +79,7 @@ class ScratchCNN(nn.Module):
             raise ConfigError(f"scratch_cnn needs one conv kind per stage: {len(channels)} stages, conv={conv!r}")
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ConfigError(f"scratch_cnn kernel_size must be odd and >= 1, got {kernel_size}")
+        self.num_stages = len(channels)
         in_ch, height, width = input_shape
         layers: list[nn.Module] = []
         for kind, out_ch in zip(kinds, channels):
@@ -190,19 +189,6 @@ def _init_transformer(model: ScratchViT) -> None:
         nn.init.trunc_normal_(model.cls_token, std=0.02)
 
 
-def _build(cls: type[nn.Module], name: str, input_shape, num_classes, options: dict[str, Any]) -> nn.Module:
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "input_shape", "num_classes"}
-    unknown = sorted(set(options) - accepted)
-    if unknown:
-        raise ConfigError(f"model {name} got unknown option(s) {unknown}; valid: {sorted(accepted)}")
-    return cls(tuple(input_shape), int(num_classes), **options)
-
-
-@register_model("scratch_cnn")
-def scratch_cnn(input_shape, num_classes, **options) -> nn.Module:
-    return _build(ScratchCNN, "scratch_cnn", input_shape, num_classes, options)
-
-
-@register_model("scratch_transformer")
-def scratch_transformer(input_shape, num_classes, **options) -> nn.Module:
-    return _build(ScratchViT, "scratch_transformer", input_shape, num_classes, options)
+# Registered as classes: build_model checks every model.* key against their __init__ signatures.
+register_model("scratch_cnn")(ScratchCNN)
+register_model("scratch_transformer")(ScratchViT)

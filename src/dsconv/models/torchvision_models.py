@@ -6,11 +6,16 @@ on CIFAR/MNIST that throws away most of the image, so both use a stride-1 3x3 fi
 also drops its max-pool), as in He et al. 2016 §4.2. The first conv takes ``input_shape[0]``
 channels, so 1-channel datasets work unchanged. ``model.conv`` picks the kind of the swappable convs:
 
-* ``tv_resnet18``: ``standard`` or ``separable`` (every k x k conv through ``to_separable`` with
-  ``conv_options``), or a list of 5 kinds for the stem and ``layer1``..``layer4`` (hybrids).
-* ``tv_mobilenet_v2``: ``inverted_residual`` is torchvision's network as designed; ``standard`` is its
-  dense twin (each block's depthwise conv becomes a full k x k conv: many more parameters);
-  ``separable`` also makes the dense stem conv separable, so no dense k x k conv is left.
+* ``tv_resnet18``: ``standard``, ``separable`` or ``inverted_residual`` (every k x k conv rebuilt by the
+  conv factory, ``replace_convs``, with ``conv_options``), or a list of 5 kinds for the stem and
+  ``layer1``..``layer4`` (hybrids).
+* ``tv_mobilenet_v2``: torchvision's layout (channel table, width rounding, head) whose blocks are
+  rebuilt as the package's ``InvertedResidual`` by the conv factory, so ``inverted_residual`` means the
+  same block here as everywhere else (torchvision's own class of that name is not kept; the layers and
+  parameter count are the same). ``inverted_residual`` is the network as designed (``conv_options`` reach
+  every block, e.g. ``se_ratio``); ``standard`` is its dense twin (each block's depthwise conv becomes a
+  full k x k conv: many more parameters); ``separable`` also makes the dense stem conv separable, so no
+  dense k x k conv is left (``conv_options`` reach that stem).
 
 Weights are re-initialised with ``init_weights`` so these twins start like the other registry models.
 """
@@ -23,10 +28,10 @@ from typing import Any
 import torch.nn as nn
 
 from dsconv.errors import ConfigError
-from dsconv.layers import get_act_layer, make_act, separable_like, to_separable
-from dsconv.layers.convert import SEPARABLE_OPTIONS
+from dsconv.layers import get_act_layer, make_act, make_conv
+from dsconv.layers.convert import replace_convs
 from dsconv.models.init import init_weights
-from dsconv.models.stages import stage_kinds
+from dsconv.models.stages import plan_stages
 from dsconv.registry import register_model
 
 RESNET_STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4")
@@ -40,27 +45,23 @@ def tv_resnet18(
     conv: str | Sequence[str] = "standard",
     conv_options: Mapping[str, Any] | None = None,
     act_layer: Any = None,
-    **unknown: Any,
 ) -> nn.Module:
-    _reject_unknown("tv_resnet18", unknown, ("conv", "conv_options"))
     from torchvision.models import resnet18
 
+    stages = plan_stages(len(RESNET_STAGES), conv, conv_options=conv_options)
     model = resnet18(weights=None, num_classes=num_classes)
-    model.conv1 = nn.Conv2d(input_shape[0], 64, 3, stride=1, padding=1, bias=False)
+    model.conv1 = make_conv("standard", input_shape[0], 64, 3, bias=False)
     model.maxpool = nn.Identity()
-    _replace_activations(model, act_layer)
-    kinds = stage_kinds(conv, len(RESNET_STAGES))
-    bad = sorted(set(kinds) - {"standard", "separable"})
-    if bad:
-        raise ConfigError(f"tv_resnet18 takes model.conv standard or separable (or a list of 5), got {bad}")
-    options = _options_for("tv_resnet18", conv_options, "separable" in kinds)
-    for stage, kind in zip(RESNET_STAGES, kinds):
-        if kind != "separable":
-            continue
-        if stage == "conv1":
-            model.conv1 = separable_like(model.conv1, **options)
+    for name, stage in zip(RESNET_STAGES, stages):
+        if name == "conv1":  # a bare conv: replace_convs walks children, so wrap it for the walk
+            holder = nn.Module()
+            holder.conv1 = model.conv1
+            replace_convs(holder, stage.kind, **stage.options)
+            model.conv1 = holder.conv1
         else:
-            to_separable(getattr(model, stage), **options)
+            replace_convs(getattr(model, name), stage.kind, **stage.options)
+    _replace_activations(model, act_layer)
+    model.num_stages = len(stages)
     return init_weights(model)
 
 
@@ -73,26 +74,41 @@ def tv_mobilenet_v2(
     act_layer: Any = None,
     width_mult: float = 1.0,
     dropout: float = 0.2,
-    **unknown: Any,
 ) -> nn.Module:
-    _reject_unknown("tv_mobilenet_v2", unknown, ("conv", "conv_options", "width_mult", "dropout"))
     if not isinstance(conv, str) or conv not in MOBILENET_KINDS:
         kinds = ", ".join(MOBILENET_KINDS)
         raise ConfigError(f"tv_mobilenet_v2 takes one model.conv of {kinds}, got {conv!r}")
     if not width_mult > 0:
         raise ConfigError(f"model.width_mult must be > 0, got {width_mult}")
     from torchvision.models import mobilenet_v2
+    from torchvision.models.mobilenetv2 import InvertedResidual as TorchvisionInvertedResidual
 
+    stage = plan_stages(1, conv, conv_options=conv_options)[0]
     model = mobilenet_v2(weights=None, num_classes=num_classes, width_mult=width_mult, dropout=dropout)
     stem = model.features[0][0]
-    model.features[0][0] = nn.Conv2d(input_shape[0], stem.out_channels, 3, stride=1, padding=1, bias=False)
-    _replace_activations(model, act_layer)
-    options = _options_for("tv_mobilenet_v2", conv_options, conv == "separable")
+    model.features[0][0] = make_conv("standard", input_shape[0], stem.out_channels, 3, bias=False)
+    # torchvision's blocks become the package's InvertedResidual (same layers and parameter count), so
+    # "inverted_residual" names one block across the registry and conv_options reach every block.
+    block_options = stage.options if conv == "inverted_residual" else {}
+    for index, block in enumerate(model.features):
+        if isinstance(block, TorchvisionInvertedResidual):
+            model.features[index] = _package_block(block, block_options)
     if conv == "separable":
-        model.features[0][0] = separable_like(model.features[0][0], **options)
+        model.features[0][0] = make_conv("separable", input_shape[0], stem.out_channels, 3, bias=False, **stage.options)
     elif conv == "standard":
         _densify_depthwise(model)
+    _replace_activations(model, act_layer)
+    model.num_stages = 1
     return init_weights(model)
+
+
+def _package_block(block: nn.Module, options: Mapping[str, Any]) -> nn.Module:
+    """The package's ``InvertedResidual`` with the geometry of a torchvision MobileNetV2 block."""
+    convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+    depthwise = next(m for m in convs if m.groups > 1)
+    in_ch, hidden = convs[0].in_channels, depthwise.out_channels
+    options = {"expand_ratio": hidden / in_ch, "act_layer": nn.ReLU6, **options}
+    return make_conv("inverted_residual", in_ch, block.out_channels, 3, block.stride, **options)
 
 
 def _densify_depthwise(model: nn.Module) -> None:
@@ -125,25 +141,3 @@ def _replace_activations(model: nn.Module, act_layer: Any) -> None:
         for name, child in list(parent._modules.items()):  # every name, even of a module shared in it
             if type(child) in (nn.ReLU, nn.ReLU6):
                 setattr(parent, name, make_act(factory))
-
-
-def _options_for(model_name: str, conv_options: Mapping[str, Any] | None, has_separable: bool) -> dict[str, Any]:
-    options = dict(conv_options or {})
-    if options and not has_separable:
-        raise ConfigError(
-            f"{model_name}: model.conv_options {sorted(options)} apply to separable convs only: "
-            "drop them or use model.conv=separable"
-        )
-    unknown = sorted(set(options) - set(SEPARABLE_OPTIONS))
-    if unknown:
-        raise ConfigError(
-            f"{model_name}: unknown model.conv_options {unknown}: choose from {', '.join(SEPARABLE_OPTIONS)}"
-        )
-    return options
-
-
-def _reject_unknown(model_name: str, unknown: Mapping[str, Any], known: Sequence[str]) -> None:
-    if unknown:
-        raise ConfigError(
-            f"{model_name} got unknown model option(s) {sorted(unknown)}: it takes only {', '.join(known)}"
-        )

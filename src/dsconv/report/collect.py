@@ -24,6 +24,18 @@ IGNORED_KEYS = (
     "hydra",
 )
 
+# Paths that differ per seed by design (each KD student has its own teacher run, each pruned model its own
+# source run): only whether they are set says what kind of run it is, so that alone enters the group key.
+PER_SEED_PATH_KEYS = ("distill.teacher", "prune.from")
+
+# Blocks a run's metrics.json may carry to say how the model was made, and the fields of each that define
+# the experiment (the rest, e.g. the teacher's hash or the achieved budget, vary per seed).
+RUN_KIND_FIELDS = {
+    "distill": ("alpha", "temperature"),
+    "match": ("by", "to"),
+    "prune": ("method", "finetune_epochs", "budget"),  # not sparsity: it may differ per seed
+}
+
 
 @dataclass
 class Run:
@@ -105,8 +117,26 @@ def _ignored(key: str) -> bool:
     return any(key == k or key.startswith(k + ".") for k in IGNORED_KEYS)
 
 
+def run_kind(run: Run) -> dict[str, dict[str, Any]]:
+    """The experiment-defining fields of the distill / match / prune blocks of a run's metrics.json."""
+    metrics = run.metrics or {}
+    return {
+        name: {f: metrics[name].get(f) for f in fields}
+        for name, fields in RUN_KIND_FIELDS.items()
+        if isinstance(metrics.get(name), dict)
+    }
+
+
 def group_key(run: Run) -> tuple[tuple[str, Any], ...]:
-    return tuple(sorted((k, v) for k, v in flatten(run.config).items() if not _ignored(k)))
+    items = {}
+    for key, value in flatten(run.config).items():
+        if _ignored(key):
+            continue
+        items[key] = ("<set>" if value is not None else None) if key in PER_SEED_PATH_KEYS else value
+    for name, fields in run_kind(run).items():
+        for field_name, value in fields.items():
+            items[f"run_kind.{name}.{field_name}"] = value
+    return tuple(sorted(items.items(), key=lambda kv: kv[0]))
 
 
 @dataclass
@@ -127,6 +157,21 @@ class Group:
     def ok_runs(self) -> list[Run]:
         return [r for r in self.runs if r.status == "ok"]
 
+    @property
+    def kinds(self) -> dict[str, dict[str, Any]]:
+        """How the model was made: ``distill`` / ``match`` / ``prune`` blocks of the first run's metrics.json,
+        else what the config says (a run killed before writing them still has its config)."""
+        metrics = self.runs[0].metrics or {}
+        found = {name: dict(metrics[name]) for name in RUN_KIND_FIELDS if isinstance(metrics.get(name), dict)}
+        s = self.settings
+        if "distill" not in found and s.get("distill.teacher") == "<set>":
+            found["distill"] = {"alpha": s.get("distill.alpha"), "temperature": s.get("distill.temperature")}
+        if "match" not in found and s.get("model.match") not in (None, "", "none"):
+            found["match"] = {"by": s.get("model.match"), "to": s.get("model.match_to")}
+        if "prune" not in found and s.get("prune.from") == "<set>":
+            found["prune"] = {"method": s.get("prune.method"), "finetune_epochs": s.get("prune.finetune_epochs")}
+        return found
+
 
 def group_runs(runs: list[Run]) -> list[Group]:
     """Group finished runs by everything but the seed, and label each group by what varies."""
@@ -137,14 +182,42 @@ def group_runs(runs: list[Run]) -> list[Group]:
         key = group_key(run)
         groups.setdefault(key, Group(key, [])).runs.append(run)
     result = list(groups.values())
-    varying = [k for k in _varying_keys([g.settings for g in result]) if not _implied_by_model_choice(k, result)]
+    varying = [k for k in _varying_keys(result) if not _implied_by_model_choice(k, result)]
     for group in result:
         settings = group.settings
         # Name the model config and conv kind; then whatever else differs between groups.
         head = f"{group.model_choice} [{_conv_label(settings.get('model.conv', '-'))}]"
-        parts = [f"{_short(k)}={settings.get(k)}" for k in varying if k not in ("model.name", "model.conv")]
-        group.label = ", ".join([head, *parts])
+        parts = [f"{_short(k)}={settings.get(k)}" for k in varying if not k.startswith(_KIND_KEY_PREFIXES)]
+        group.label = ", ".join([head, *kind_tags(group.kinds), *parts])
     return sorted(result, key=lambda g: g.label)
+
+
+# Settings a variant kind changes by design (a pruned model's fine-tuning budget, a widened twin's width):
+# they neither split it from its architecture nor appear in labels as if they were a separate experiment.
+KIND_SETTINGS = {"match": ("model.width",), "prune": ("trainer.epochs", "trainer.early_stopping", "scheduler.")}
+
+# Keys named by ``kind_tags`` instead of key=value (model.name and model.conv are in the head already).
+_KIND_KEY_PREFIXES = ("model.name", "model.conv", "model.match", "distill.", "prune.", "run_kind.")
+
+
+def kind_tags(kinds: dict[str, dict[str, Any]]) -> list[str]:
+    """Short words for a label: ``KD (alpha=0.5, T=4.0)``, ``equal macs to mnist_cnn``, ``pruned structured``."""
+    tags = []
+    if "match" in kinds:
+        m = kinds["match"]
+        tags.append(f"equal {m.get('by') or 'budget'} to {m.get('to') or '?'}")
+    if "prune" in kinds:
+        p = kinds["prune"]
+        epochs = p.get("finetune_epochs")
+        tags.append(f"pruned {p.get('method') or ''}".strip() + (f", fine-tuned {epochs} epochs" if epochs else ""))
+    if "distill" in kinds:
+        d = kinds["distill"]
+        tags.append(f"KD (alpha={d.get('alpha')}, T={d.get('temperature')})")
+    return tags
+
+
+def _kind_settings(group: Group) -> tuple[str, ...]:
+    return tuple(p for kind in group.kinds for p in KIND_SETTINGS.get(kind, ()))
 
 
 def _implied_by_model_choice(key: str, groups: list[Group]) -> bool:
@@ -157,9 +230,16 @@ def _implied_by_model_choice(key: str, groups: list[Group]) -> bool:
     return all(len(v) == 1 for v in values.values())
 
 
-def _varying_keys(settings: list[dict[str, Any]]) -> list[str]:
+def _varying_keys(groups: list[Group]) -> list[str]:
+    """Keys whose value differs between groups, not counting the settings a group's kind sets by design."""
+    exempt = [_kind_settings(g) for g in groups]
+    settings = [g.settings for g in groups]
     keys = sorted({k for s in settings for k in s})
-    varying = [k for k in keys if len({json.dumps(s.get(k), default=str) for s in settings}) > 1]
+    varying = [
+        k
+        for k in keys
+        if len({json.dumps(s.get(k), default=str) for s, own in zip(settings, exempt) if not k.startswith(own)}) > 1
+    ]
     # Put the headline keys first so labels read "model=..., conv=..., ...".
     priority = ["model.name", "model.conv", "dataset.name"]
     return sorted(varying, key=lambda k: (priority.index(k) if k in priority else len(priority), k))

@@ -1,13 +1,16 @@
-"""Per-group summaries (mean ± std over seeds) and standard-vs-separable pair comparisons."""
+"""Per-group summaries (mean ± std over seeds) and two-sample tests that cannot report a tie as significant.
+
+scipy is imported inside the functions that need it, so ``dsconv-report --help`` starts fast.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from dsconv.report.collect import Group
 
@@ -26,34 +29,119 @@ METRICS = (
     "epochs_run",
 )
 
+# Test accuracies are ratios of counts, so two runs that agree give the same float; a relative range this
+# small is rounding (a mean of three 0.7s is 0.6999999999999998), not variation.
+ZERO_VARIANCE_RTOL = 1e-12
+# Values are rounded to this many decimals before ranking, so rounding noise cannot break a tie.
+RANK_DECIMALS = 12
+# Up to this many ways to split the pooled sample, Mann-Whitney's p is computed exactly by enumerating
+# them all (ties included); beyond it the normal approximation with tie correction is used.
+EXACT_SPLITS_MAX = 20_000
+NO_VARIANCE_NOTE = "no variance within groups; a t-test does not apply"
+
 
 @dataclass
 class Summary:
     mean: float
-    std: float
+    std: float | None  # sample std (ddof=1); None when n < 2: one value has no spread to report
     n: int
 
     def fmt(self, scale: float = 1.0, digits: int = 2) -> str:
         if self.n == 0 or math.isnan(self.mean):
             return "—"
-        if self.n == 1:
-            return f"{self.mean * scale:.{digits}f} (n=1)"
+        if self.n == 1 or self.std is None:
+            return f"{self.mean * scale:.{digits}f} (n={self.n})"
         return f"{self.mean * scale:.{digits}f} ± {self.std * scale:.{digits}f} (n={self.n})"
 
+    def as_json(self) -> dict[str, Any]:
+        return {"mean": None if math.isnan(self.mean) else self.mean, "std": self.std, "n": self.n}
 
-def summarize(values: list[float]) -> Summary:
-    arr = np.asarray([v for v in values if v is not None and not _isnan(v)], dtype=float)
+
+def summarize(values: Sequence[Any]) -> Summary:
+    arr = finite(values)
     if arr.size == 0:
-        return Summary(math.nan, math.nan, 0)
-    return Summary(float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0, int(arr.size))
+        return Summary(math.nan, None, 0)
+    return Summary(float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else None, int(arr.size))
 
 
-def _isnan(value: Any) -> bool:
-    return isinstance(value, float) and math.isnan(value)
+def finite(values: Sequence[Any]) -> np.ndarray:
+    """The numeric, finite entries of ``values`` (missing metrics are None in metrics.json)."""
+    kept = [float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)]
+    return np.asarray(kept, dtype=float)
 
 
 def group_table(group: Group) -> dict[str, Summary]:
     return {m: summarize([r.metrics.get(m) for r in group.ok_runs]) for m in METRICS}
+
+
+def has_no_variance(values: Sequence[float]) -> bool:
+    arr = np.asarray(values, dtype=float)
+    scale = float(np.max(np.abs(arr))) if arr.size else 0.0
+    return arr.size > 0 and float(np.ptp(arr)) <= ZERO_VARIANCE_RTOL * scale
+
+
+@dataclass
+class SignificanceTest:
+    """Welch's t-test and the two-sided Mann-Whitney U test of one sample against another."""
+
+    n_a: int
+    n_b: int
+    welch_p: float | None  # None: fewer than 2 values in a group, or no variance within either group
+    mannwhitney_p: float | None  # None: fewer than 2 values in a group
+    mannwhitney_method: str | None
+    mannwhitney_min_p: float | None  # the smallest p the rank test can give at these n
+    note: str
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def two_sample_tests(a: Sequence[float], b: Sequence[float], alpha: float = 0.05) -> SignificanceTest:
+    """Both tests on two samples, with a verdict that never calls a tie significant.
+
+    With zero variance in both groups Welch's statistic divides by (rounding noise of) zero and scipy
+    returns p ~ 1e-31 for [0.7]*3 vs [0.6]*3; there is nothing to test then, so no p-value is given.
+    Mann-Whitney uses ranks only and stays defined: with n = 3 per group its smallest p is 0.1.
+    """
+    x, y = finite(a), finite(b)
+    n_a, n_b = int(x.size), int(y.size)
+    if n_a < 2 or n_b < 2:
+        note = f"n too small for a test (n={n_a} vs {n_b}; need ≥ 2 seeds each)"
+        return SignificanceTest(n_a, n_b, None, None, None, None, note)
+    mw_p, mw_method = mannwhitney(x, y)
+    min_p = mannwhitney_min_p(n_a, n_b)
+    if has_no_variance(x) and has_no_variance(y):
+        same = bool(has_no_variance(np.concatenate([x, y])))
+        detail = "all values identical" if same else "every seed of each group gave the same value"
+        return SignificanceTest(n_a, n_b, None, mw_p, mw_method, min_p, f"{NO_VARIANCE_NOTE} ({detail})")
+    from scipy import stats
+
+    welch_p = float(stats.ttest_ind(x, y, equal_var=False).pvalue)
+    note = f"significant (Welch p < {alpha})" if welch_p < alpha else f"not significant (Welch p ≥ {alpha})"
+    if min_p >= alpha:
+        note += f"; Mann-Whitney cannot reach p < {alpha} with n={n_a} vs {n_b} (smallest p {min_p:.3g})"
+    return SignificanceTest(n_a, n_b, welch_p, mw_p, mw_method, min_p, note)
+
+
+def mannwhitney(x: np.ndarray, y: np.ndarray) -> tuple[float, str]:
+    """Two-sided Mann-Whitney U p-value and how it was computed."""
+    from scipy import stats
+
+    x, y = np.round(x, RANK_DECIMALS), np.round(y, RANK_DECIMALS)
+    if np.unique(np.concatenate([x, y])).size == 1:
+        return 1.0, "all values tied"
+    if math.comb(x.size + y.size, x.size) <= EXACT_SPLITS_MAX:
+        # scipy's "exact" ignores ties; enumerating every split of the pooled sample is exact with them.
+        method = stats.PermutationMethod(n_resamples=np.inf)
+        p = stats.mannwhitneyu(x, y, alternative="two-sided", method=method).pvalue
+        return float(p), "exact (all splits of the pooled seeds enumerated)"
+    p = stats.mannwhitneyu(x, y, alternative="two-sided", method="asymptotic").pvalue
+    return float(p), "normal approximation with tie correction"
+
+
+def mannwhitney_min_p(n_a: int, n_b: int) -> float:
+    """Two-sided p of complete separation: 2 of the C(n_a + n_b, n_a) equally likely rank splits."""
+    return min(1.0, 2.0 / math.comb(n_a + n_b, n_a))
 
 
 @dataclass
@@ -62,12 +150,18 @@ class PairComparison:
     separable: Group
     accuracy_diff: float  # separable - standard, in accuracy units
     f1_diff: float
-    p_value: float | None  # Welch's t-test on test accuracy across seeds
-    note: str
+    test: SignificanceTest  # on test accuracy across seeds
     param_ratio: float
     mac_ratio: float
-    latency_speedup: float | None  # standard latency / separable latency
-    train_time_ratio: float | None
+    speed: dict[str, Any]  # name -> timing.SpeedRatio (latency_speedup, throughput_speedup, epoch_time_speedup)
+
+    @property
+    def p_value(self) -> float | None:
+        return self.test.welch_p
+
+    @property
+    def note(self) -> str:
+        return self.test.note
 
 
 def find_pairs(groups: list[Group]) -> list[tuple[Group, Group]]:
@@ -89,41 +183,35 @@ def find_pairs(groups: list[Group]) -> list[tuple[Group, Group]]:
     return pairs
 
 
-def compare(standard: Group, separable: Group) -> PairComparison:
-    acc_std = [r.metrics["test_accuracy"] for r in standard.ok_runs]
-    acc_sep = [r.metrics["test_accuracy"] for r in separable.ok_runs]
+def accuracies(group: Group) -> list[float]:
+    return [r.metrics["test_accuracy"] for r in group.ok_runs if r.metrics.get("test_accuracy") is not None]
+
+
+def compare(standard: Group, separable: Group, bench: Any = None) -> PairComparison:
+    """Accuracy test, size ratios and speed ratios (from ``bench``, a ``timing.BenchResults``, when given)."""
+    from dsconv.report.timing import speed_ratios
+
     s, d = group_table(standard), group_table(separable)
-    if len(acc_std) >= 2 and len(acc_sep) >= 2:
-        if np.std(acc_std) == 0 and np.std(acc_sep) == 0:
-            p_value, note = (1.0 if acc_std[0] == acc_sep[0] else 0.0), "no variance across seeds"
-        else:
-            p_value = float(stats.ttest_ind(acc_sep, acc_std, equal_var=False).pvalue)
-            note = "significant (p < 0.05)" if p_value < 0.05 else "not significant (p ≥ 0.05)"
-    else:
-        p_value, note = None, f"n too small for a test (n={len(acc_std)} vs {len(acc_sep)}; need ≥ 2 seeds each)"
-    latency = None
-    if s["latency_ms_b1"].n and d["latency_ms_b1"].n and d["latency_ms_b1"].mean > 0:
-        latency = s["latency_ms_b1"].mean / d["latency_ms_b1"].mean
-    train_ratio = None
-    if s["mean_epoch_time_s"].n and d["mean_epoch_time_s"].n and d["mean_epoch_time_s"].mean > 0:
-        train_ratio = s["mean_epoch_time_s"].mean / d["mean_epoch_time_s"].mean
     return PairComparison(
         standard,
         separable,
         accuracy_diff=d["test_accuracy"].mean - s["test_accuracy"].mean,
         f1_diff=d["test_f1_macro"].mean - s["test_f1_macro"].mean,
-        p_value=p_value,
-        note=note,
-        param_ratio=s["params_total"].mean / d["params_total"].mean,
-        mac_ratio=s["macs_per_image"].mean / d["macs_per_image"].mean,
-        latency_speedup=latency,
-        train_time_ratio=train_ratio,
+        test=two_sample_tests(accuracies(separable), accuracies(standard)),
+        param_ratio=_ratio(s["params_total"].mean, d["params_total"].mean),
+        mac_ratio=_ratio(s["macs_per_image"].mean, d["macs_per_image"].mean),
+        speed=speed_ratios(standard, separable, bench),
     )
 
 
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator and not math.isnan(denominator) else math.nan
+
+
 def mean_per_class_f1(group: Group) -> dict[str, float]:
-    names = list(group.ok_runs[0].metrics.get("per_class_f1", {}))
-    return {n: float(np.mean([r.metrics["per_class_f1"][n] for r in group.ok_runs])) for n in names}
+    names = list(group.ok_runs[0].metrics.get("per_class_f1") or {})
+    values = {n: [(r.metrics.get("per_class_f1") or {}).get(n) for r in group.ok_runs] for n in names}
+    return {n: float(np.mean(v)) for n, v in values.items() if all(x is not None for x in v)}
 
 
 def mean_history(group: Group, key: str) -> tuple[list[int], list[float]]:

@@ -16,7 +16,7 @@ import torch.nn as nn
 from omegaconf import DictConfig
 
 from dsconv.config import flat_training_config
-from dsconv.data import DatasetSplits, DeviceBatches, GpuAugment, Normalize
+from dsconv.data import BatchAugment, DatasetSplits, DeviceBatches, Normalize
 from dsconv.data.loader import shard
 from dsconv.distributed import per_rank_batch_size
 from dsconv.errors import ConfigError
@@ -50,7 +50,7 @@ def resolve_speed_settings(tcfg: Any, device: torch.device) -> SpeedSettings:
     ``precision``/``channels_last``/``compile`` keys are used as given.
     """
     precision, channels_last = str(tcfg.precision), bool(tcfg.channels_last)
-    if bool(tcfg.get("fast", False)):
+    if bool(tcfg.fast):
         if device.type == "cuda":
             precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
             channels_last = True
@@ -99,7 +99,7 @@ def inference_profile(
     cfg: DictConfig, model: nn.Module, input_shape: tuple[int, ...], speed: SpeedSettings
 ) -> dict[str, Any]:
     """Batch-1 latency and batched throughput in the run's precision and memory format (~1-2 s)."""
-    if not cfg.get("profile_inference", True):
+    if not cfg.profile_inference:
         return {}
     from dsconv.benchmark.measure import quick_inference_profile
 
@@ -155,7 +155,7 @@ def build_components(
         raise ConfigError(f"dataset.normalize={cfg.dataset.normalize!r} is unknown: use half or stats")
     normalize = Normalize(mean[:channels], std[:channels], device)
     data_gen = torch.Generator().manual_seed(int(tcfg.seed))
-    augment = GpuAugment(int(cfg.dataset.augment.crop_padding), bool(cfg.dataset.augment.hflip))
+    augment = BatchAugment(int(cfg.dataset.augment.crop_padding), bool(cfg.dataset.augment.hflip))
     train_batches = DeviceBatches(
         train_split,
         batch_size,
@@ -168,13 +168,13 @@ def build_components(
         rank=rank,
         world_size=world_size,
     )
-    eval_bs = int(tcfg.get("eval_batch_size", 1024))
+    eval_bs = int(tcfg.eval_batch_size)
     val_batches = DeviceBatches(
         shard(val_split, rank, world_size), eval_bs, normalize, channels_last=speed.channels_last
     )
     test_batches = DeviceBatches(
         shard(test_split, rank, world_size), eval_bs, normalize, channels_last=speed.channels_last
     )
-    optimizer = build_optimizer(model.parameters(), cfg.optimizer, fused=speed.fused_optimizer)
+    optimizer = build_optimizer(model, cfg.optimizer, fused=speed.fused_optimizer)
     schedule = build_scheduler(optimizer, cfg.scheduler, int(tcfg.epochs), len(train_batches))
     return RunComponents(model, train_batches, val_batches, test_batches, data_gen, optimizer, schedule, speed)

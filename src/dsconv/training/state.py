@@ -44,6 +44,12 @@ class EarlyStopping:
     def should_stop(self) -> bool:
         return self.patience > 0 and self.bad_epochs >= self.patience
 
+    def describe_stop(self) -> str:
+        return (
+            f"early stopping: {self.monitor} has not improved for {self.patience} epochs "
+            f"(best {self.best:.4f} at epoch {self.best_epoch})"
+        )
+
 
 @dataclass
 class EvalResult:
@@ -126,3 +132,12 @@ def rewrite_csv(path: Path, history: list[dict[str, float]]) -> None:
         writer.writeheader()
         writer.writerows(history)
     os.replace(tmp, path)
+
+
+def epoch_line(row: dict[str, float], epochs: int, improved: bool) -> str:
+    """The one console line per epoch."""
+    return (
+        f"epoch {int(row['epoch'])}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
+        f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} | lr {row['lr']:.3g} | "
+        f"{row['epoch_time_s']:.1f}s {row['images_per_s']:.0f} img/s{'  *best*' if improved else ''}"
+    )

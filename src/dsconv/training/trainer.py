@@ -18,11 +18,12 @@ checkpoint never holds weights trained on a NaN; training stops naming the epoch
 checkpoint. ``nan_policy="skip"`` must decide before ``optimizer.step`` whether to apply a step, so
 it reads ``isfinite(loss)`` every step (one host sync per step, the price of skipping).
 
-Data-parallel (``dist``): the model trains inside DistributedDataParallel, every decision that ends or
-skips a step (a signal, a non-finite loss) is agreed on by all ranks so none is left waiting in a
-collective, epoch statistics are summed over ranks, evaluation outputs are gathered in split order,
-and only rank 0 writes. A checkpoint holds every rank's RNG and in-epoch sums (``ranks``), so a resume
-with the same world size continues each rank exactly.
+The loss is an injected ``criterion(logits, labels, images) -> scalar`` (cross-entropy by default;
+distillation passes the augmented images on to its teacher), computed under the run's autocast.
+
+Execution (``dsconv.distributed``): one process, or a DDP group where every decision that ends or
+skips a step is agreed on by all ranks, epoch sums are summed and evaluation outputs gathered in split
+order; only rank 0 writes. A group's checkpoint holds every rank's RNG and in-epoch sums (``ranks``).
 """
 
 from __future__ import annotations
@@ -43,10 +44,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from dsconv.distributed import DistContext, own_rank_state
+from dsconv.distributed import Execution, SingleProcess, own_rank_state
 from dsconv.training.checkpoint import atomic_save, rng_state
+from dsconv.training.criterion import Criterion, CrossEntropyCriterion
 from dsconv.training.faults import GracefulStop, NonFiniteLossError, TrainingInterrupted
 from dsconv.training.optim import Schedule
+from dsconv.training.settings import TrainerSettings
 from dsconv.training.state import (  # noqa: F401  (EvalResult, LOG_FIELDS: re-exported)
     LOG_FIELDS,
     EarlyStopping,
@@ -54,9 +57,11 @@ from dsconv.training.state import (  # noqa: F401  (EvalResult, LOG_FIELDS: re-e
     EvalResult,
     TrainerState,
     append_csv,
+    epoch_line,
     rewrite_csv,
 )
 
+__all__ = ["CrossEntropyCriterion", "EarlyStopping", "EvalResult", "Trainer", "TrainerSettings"]
 log = logging.getLogger(__name__)
 NAN_POLICIES = ("stop", "skip")
 
@@ -74,53 +79,40 @@ class Trainer:
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         schedule: Schedule,
+        settings: TrainerSettings,
         *,
         device: torch.device,
-        epochs: int,
-        precision: str = "fp32",
-        grad_clip: float | None = None,
-        early_stopping: EarlyStopping | None = None,
         run_dir: str | Path = ".",
         data_generator: torch.Generator | None = None,
-        compile_model: bool = False,
-        progress: bool = True,
+        early_stopping: EarlyStopping | None = None,
+        criterion: Criterion | None = None,
+        execution: Execution | None = None,
         on_epoch_end: Callable[[dict[str, float]], None] | None = None,
         extra_state: dict[str, Any] | None = None,
-        checkpoint_every_steps: int | None = None,
-        nan_policy: str = "stop",
-        max_skipped_steps: int = 0,
-        handle_signals: bool = True,
-        resume_hint: str | None = None,
-        dist: DistContext | None = None,
     ) -> None:
-        if nan_policy not in NAN_POLICIES:
-            raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
-        self.model = model
-        self.optimizer = optimizer
-        self.schedule = schedule
+        if settings.nan_policy not in NAN_POLICIES:
+            raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {settings.nan_policy!r}")
+        self.model, self.optimizer, self.schedule, self.settings = model, optimizer, schedule, settings
         self.device = device
-        self.epochs = epochs
-        self.precision = precision
-        self.grad_clip = grad_clip
+        self.epochs = settings.epochs
+        self.precision = settings.precision
         self.early_stopping = early_stopping or EarlyStopping()
         self.run_dir = Path(run_dir)
         self.data_generator = data_generator
-        self.dist = dist
-        self.is_main = dist is None or dist.is_main
-        self._train_module = dist.wrap(model) if dist is not None else model
-        self.forward = torch.compile(self._train_module) if compile_model else self._train_module
+        self.criterion = criterion or CrossEntropyCriterion()
+        self.execution = execution or SingleProcess(device)
+        self.is_main = self.execution.is_main
+        self._train_module = self.execution.wrap(model)
+        self.forward = torch.compile(self._train_module) if settings.compile else self._train_module
         # DDP's forward joins collectives (buffer broadcast); evaluation shards may differ in batch count.
-        self._eval_forward = self.forward if dist is None else torch.compile(model) if compile_model else model
-        self.progress = progress and self.is_main
+        self._eval_forward = (
+            self.forward if self._train_module is model else torch.compile(model) if settings.compile else model
+        )
+        self.progress = settings.progress and self.is_main
         self.on_epoch_end = on_epoch_end
         self.extra_state = extra_state or {}
-        self.checkpoint_every_steps = checkpoint_every_steps or 0
-        self.nan_policy = nan_policy
-        self.max_skipped_steps = max_skipped_steps
-        self.handle_signals = handle_signals
-        self.resume_hint = resume_hint
         # fp16 needs loss scaling to keep small gradients representable; bf16 has fp32's range.
-        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16")
         self.state = TrainerState()
         self.last_checkpoint: Path | None = None  # the newest checkpoint known to hold finite weights
         self.last_checkpoint_step = 0
@@ -155,7 +147,7 @@ class Trainer:
             self._train_step(images, labels, progress)
             progress.batches_done += 1
             progress.elapsed_s = time.perf_counter() - start
-            every = self.checkpoint_every_steps
+            every = self.settings.checkpoint_every_steps
             interrupted = self._stop_requested()
             if interrupted or (every and self.state.step % every == 0 and progress.batches_done != total):
                 path = self._save_mid_epoch()
@@ -165,9 +157,7 @@ class Trainer:
             torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - start
         self._raise_if_nonfinite(progress)
-        loss_sum, correct, seen = progress.loss_sum.item(), progress.correct.item(), progress.seen
-        if self.dist is not None:
-            loss_sum, correct, seen = self.dist.sum([loss_sum, correct, seen])
+        loss_sum, correct, seen = self.execution.sum([progress.loss_sum.item(), progress.correct.item(), progress.seen])
         self._epoch = None
         return {
             "lr": progress.lr,
@@ -198,17 +188,15 @@ class Trainer:
     def _train_step(self, images: torch.Tensor, labels: torch.Tensor, progress: EpochProgress) -> None:
         with autocast_context(self.device, self.precision):
             logits = self.forward(images)
-            loss = F.cross_entropy(logits.float(), labels)
-        if self.nan_policy == "skip":
-            finite = bool(torch.isfinite(loss.detach()))
-            if not (finite if self.dist is None else not self.dist.any(not finite)):  # DDP: all ranks skip
-                self._skip_step(float(loss.detach()), progress)
-                return
+            loss = self.criterion(logits, labels, images)
+        if self.settings.nan_policy == "skip" and self.execution.any(not bool(torch.isfinite(loss.detach()))):
+            self._skip_step(float(loss.detach()), progress)  # every rank skips when any saw a non-finite loss
+            return
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        if self.grad_clip:
+        if self.settings.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.schedule.after_step()
@@ -218,7 +206,7 @@ class Trainer:
         progress.loss_sum += loss * n
         progress.correct += (logits.detach().argmax(1) == labels).sum()
         progress.seen += n
-        if self.nan_policy == "stop":
+        if self.settings.nan_policy == "stop":
             bad = (progress.first_bad_step < 0) & ~torch.isfinite(loss)
             progress.first_bad_step = torch.where(bad, self.state.step, progress.first_bad_step)
 
@@ -226,10 +214,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.state.skipped_steps += 1
         where = f"epoch {progress.epoch}, batch {progress.batches_done + 1} (after step {self.state.step})"
-        if self.state.skipped_steps > self.max_skipped_steps:
+        limit = self.settings.max_skipped_steps
+        if self.state.skipped_steps > limit:
             raise NonFiniteLossError(
                 f"training loss was {value} at {where}: {self.state.skipped_steps} steps skipped, more than "
-                f"trainer.max_skipped_steps={self.max_skipped_steps}; {self._last_good()}. "
+                f"trainer.max_skipped_steps={limit}; {self._last_good()}. "
                 "Lower optimizer.lr or set trainer.grad_clip"
             )
         log.warning(
@@ -237,15 +226,14 @@ class Trainer:
             value,
             where,
             self.state.skipped_steps,
-            self.max_skipped_steps,
+            limit,
         )
 
     def _raise_if_nonfinite(self, progress: EpochProgress) -> None:
         bad_step = int(progress.first_bad_step)  # the one host sync this policy costs per check
-        if self.dist is not None:  # every rank stops, naming the first bad step of any
-            none = 2**62
-            bad_step = self.dist.min(bad_step if bad_step >= 0 else none)
-            bad_step = -1 if bad_step == none else bad_step
+        none = 2**62  # every rank stops, naming the first bad step of any
+        bad_step = self.execution.min(bad_step if bad_step >= 0 else none)
+        bad_step = -1 if bad_step == none else bad_step
         if bad_step >= 0:
             raise NonFiniteLossError(
                 f"training loss became NaN/Inf at epoch {progress.epoch}, step {bad_step}; training stopped, "
@@ -255,7 +243,7 @@ class Trainer:
     def _stop_requested(self) -> bool:
         local = self._stop is not None and self._stop.requested
         # A signal reaches the ranks between different steps: all stop at the first step any saw it.
-        return local if self.dist is None else self.dist.any(local)
+        return self.execution.any(local)
 
     def _last_good(self) -> str:
         if self.last_checkpoint is None:
@@ -270,9 +258,9 @@ class Trainer:
             with autocast_context(self.device, self.precision):
                 all_logits.append(self._eval_forward(images).float())
             all_labels.append(labels)
-        logits, labels = torch.cat(all_logits), torch.cat(all_labels)
-        if self.dist is not None:  # every rank gets the whole split's outputs, in split order
-            logits, labels = self.dist.gather_rows(logits), self.dist.gather_rows(labels)
+        # Every rank gets the whole split's outputs, in split order.
+        logits = self.execution.gather_rows(torch.cat(all_logits))
+        labels = self.execution.gather_rows(torch.cat(all_labels))
         loss = F.cross_entropy(logits, labels).item()
         accuracy = (logits.argmax(1) == labels).float().mean().item()
         return EvalResult(loss, accuracy, logits, labels)
@@ -285,7 +273,7 @@ class Trainer:
             # The log mirrors the history being continued: rows written after that checkpoint go.
             rewrite_csv(log_path, self.state.history)
         self._fit_started, base_time = time.perf_counter(), self.state.train_time_s
-        with GracefulStop(self.handle_signals) as stop:
+        with GracefulStop(self.settings.handle_signals) as stop:
             self._stop = stop
             try:
                 for epoch in range(self.state.epoch + 1, self.epochs + 1):
@@ -297,8 +285,7 @@ class Trainer:
                 self._stop = None
                 self.state.train_time_s = base_time + time.perf_counter() - self._fit_started
                 self._fit_started = None
-        if self.dist is not None:
-            self.dist.barrier()  # rank 0's last checkpoints are on disk before any rank reads best.pt
+        self.execution.barrier()  # rank 0's last checkpoints are on disk before any rank reads best.pt
         return self.state.history
 
     def _run_epoch(self, epoch: int, train_batches, val_batches, log_path: Path) -> bool:
@@ -317,19 +304,7 @@ class Trainer:
         improved = self.early_stopping.update(row, epoch)
         if self.is_main:
             append_csv(log_path, row)
-        log.info(
-            "epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.3g | %.1fs %.0f img/s%s",
-            epoch,
-            self.epochs,
-            row["train_loss"],
-            row["train_acc"],
-            row["val_loss"],
-            row["val_acc"],
-            row["lr"],
-            row["epoch_time_s"],
-            row["images_per_s"],
-            "  *best*" if improved else "",
-        )
+        log.info("%s", epoch_line(row, self.epochs, improved))
         if self.on_epoch_end is not None:
             self.on_epoch_end(row)
         # best.pt first: a crash between the two leaves an older last.pt, whose resume redoes this epoch
@@ -340,13 +315,7 @@ class Trainer:
         if self._stop_requested():
             self._interrupt(self.checkpoint_dir / "last.pt")
         if self.early_stopping.should_stop:
-            log.info(
-                "early stopping: %s has not improved for %d epochs (best %.4f at epoch %d)",
-                self.early_stopping.monitor,
-                self.early_stopping.patience,
-                self.early_stopping.best,
-                self.early_stopping.best_epoch,
-            )
+            log.info("%s", self.early_stopping.describe_stop())
             return False
         return True
 
@@ -362,12 +331,10 @@ class Trainer:
             if self._epoch is not None
             else f"the end of epoch {self.state.epoch}"
         )
-        hint = self.resume_hint or f"trainer.resume={path}"
-        signum = self._stop.signum or 0
-        if self.dist is not None:
-            self.dist.barrier()  # rank 0's checkpoint is complete before any rank exits
-            signum = signum or int(signal.SIGTERM)  # this rank stopped because another was signalled
-        name = signal.Signals(signum).name if signum else self._stop.name
+        hint = self.settings.resume_hint or f"trainer.resume={path}"
+        self.execution.barrier()  # rank 0's checkpoint is complete before any rank exits
+        signum = self._stop.signum or int(signal.SIGTERM)  # no signal here: another rank was signalled
+        name = signal.Signals(signum).name
         message = f"interrupted by {name} at {where}: checkpoint written to {path}; resume with: {hint}"
         if self.is_main:
             log.warning(message)
@@ -399,8 +366,8 @@ class Trainer:
             "in_epoch": progress.to_state() if progress is not None else None,
             **self.extra_state,
         }
-        if self.dist is not None:  # a collective: every rank calls save(), rank 0 writes
-            state["ranks"] = self.dist.all_gather_object({"rng": state["rng"], "in_epoch": state["in_epoch"]})
+        if self.execution.world_size > 1:  # a collective: every rank calls save(), rank 0 writes
+            state["ranks"] = self.execution.all_gather_object({"rng": state["rng"], "in_epoch": state["in_epoch"]})
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -419,7 +386,7 @@ class Trainer:
             int(trainer.get("skipped_steps", 0)),
             float(trainer.get("train_time_s", 0.0)),
         )
-        own = own_rank_state(state, self.dist)
+        own = own_rank_state(state, self.execution)
         if own["rng"] is not None:
             set_rng_state(own["rng"])
         generator = state.get("data_generator")

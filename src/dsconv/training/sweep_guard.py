@@ -7,7 +7,7 @@ dir — on disk, so it also sees jobs that ran in joblib or SLURM worker process
 and makes the process exit non-zero. Register it in ``hydra.callbacks`` *before* callbacks that
 must still run at the end of a sweep (Hydra calls ``on_multirun_end`` in reverse order).
 
-This module is imported when Hydra instantiates the callback, so it avoids importing torch.
+This module is imported when Hydra instantiates the callback (also for ``--help``), so it imports no torch.
 """
 
 from __future__ import annotations
@@ -106,6 +106,11 @@ class SweepGuard(Callback):
     """Checks the output dir before a run or sweep starts; fails a sweep that had failed jobs."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # A single run is checked whole before Hydra creates its run dir, so a refused config leaves
+        # nothing behind. (A sweep's jobs are checked one by one in train(): one bad job must not stop
+        # the others, and its failure.json is the record the summary lists.)
+        if OmegaConf.select(config, "search") is None:  # a search's own callback explains a missing -m
+            self._validate(config)
         self._check(config.hydra.run.dir)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -121,6 +126,20 @@ class SweepGuard(Callback):
             sys.stderr.flush()
             # SystemExit passes through Hydra's callback wrapper (it only catches Exception).
             raise SystemExit(EXIT_SWEEP_FAILED)
+
+    @staticmethod
+    def _validate(config: DictConfig) -> None:
+        from dsconv.config import validate_config
+        from dsconv.errors import DsconvError
+
+        try:
+            validate_config(config)
+        except DsconvError as exc:
+            if config.get("debug", False):
+                raise
+            sys.stderr.write(f"error: {one_line(exc)}\n")
+            sys.stderr.flush()
+            raise SystemExit(getattr(exc, "exit_code", 2)) from None
 
     @staticmethod
     def _check(directory: Any) -> None:

@@ -1,0 +1,182 @@
+"""Everything a run writes besides checkpoints and the training log: one object, told when the run
+starts, after each epoch, when it fails and when it ends.
+
+Only rank 0 writes: the other ranks of a data-parallel run get the silent ``RunCallback``. Heavy
+imports (TensorBoard, fvcore, matplotlib, scikit-learn's report helpers) happen here, when the file
+that needs them is written, so neither ``--help`` nor a failing start pays for them. At the end
+``metrics.json`` is on disk before any figure is drawn.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from omegaconf import DictConfig, OmegaConf
+
+from dsconv.data import DatasetSplits
+from dsconv.evaluation.complexity import ParamCount
+from dsconv.training.state import EvalResult
+
+log = logging.getLogger("dsconv")
+
+
+@dataclass(frozen=True)
+class ModelComplexity:
+    params: ParamCount
+    macs: int  # conv + linear multiply-accumulates per image (MobileNet convention)
+    fvcore_macs: int | None  # fvcore's total (batch norm and pooling included), None if it could not trace
+    summary: str  # the layer-by-layer table
+    flop_table: str  # fvcore's per-module table
+
+
+def describe_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelComplexity:
+    """Parameters, MACs and the model tables, each computed once."""
+    from dsconv.evaluation import complexity
+
+    macs, _, flop_table = complexity.macs_by_module(model, input_shape)
+    summary = complexity.model_summary(model, input_shape)
+    fvcore_total = None
+    count_fvcore = getattr(complexity, "count_fvcore_macs", None)
+    if count_fvcore is not None:
+        try:
+            fvcore_total = int(count_fvcore(model, input_shape))
+        except Exception as exc:  # fvcore's tracer fails on some dynamic models; the headline MACs stand
+            log.warning("fvcore MAC count skipped: %s", str(exc).splitlines()[0] if str(exc) else exc)
+    return ModelComplexity(complexity.count_params(model), int(macs), fvcore_total, summary, flop_table)
+
+
+class RunCallback:
+    """The hooks a run calls; this base does nothing (the ranks of a data-parallel run other than 0)."""
+
+    complexity: ModelComplexity | None = None
+
+    def on_start(self, model: nn.Module, data: DatasetSplits, example: torch.Tensor, resume_epoch: int | None) -> None:
+        pass
+
+    def on_epoch_end(self, row: dict[str, float]) -> None:
+        pass
+
+    def on_failure(self, history: list[dict[str, float]]) -> None:
+        pass
+
+    def on_end(
+        self, metrics: dict[str, Any], cls: dict[str, Any], history: list[dict[str, float]], test: EvalResult
+    ) -> None:
+        pass
+
+
+class RunWriter(RunCallback):
+    """``config.yaml``, ``model_summary.txt``, TensorBoard, ``metrics.json`` and the figures of one run dir."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.tensorboard: Any = None
+        self.data: DatasetSplits | None = None
+
+    def on_start(self, model: nn.Module, data: DatasetSplits, example: torch.Tensor, resume_epoch: int | None) -> None:
+        cfg, self.data = self.cfg, data
+        (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        self.complexity = info = describe_model(model, data.input_shape)
+        (self.run_dir / "model_summary.txt").write_text(info.summary + "\n\n" + info.flop_table + "\n")
+        shape = "x".join(map(str, data.input_shape))
+        log.info(
+            "model %s (conv=%s) on %s %s: %s params, %s conv+linear MACs/image (layer table: %s)",
+            cfg.model.name,
+            conv_label(cfg.model, "-"),
+            data.name,
+            shape,
+            f"{info.params.total:,}",
+            f"{info.macs:,}",
+            self.run_dir / "model_summary.txt",
+        )
+        if cfg.trainer.verbose:
+            log.info("\n%s", info.summary)
+        if not cfg.tensorboard:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        # On resume, events past the checkpoint's epoch are hidden so curves do not fold back.
+        purge = resume_epoch + 1 if resume_epoch is not None else None
+        self.tensorboard = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=purge)
+        if resume_epoch is None:
+            from dsconv.evaluation.run_outputs import log_graph
+
+            log_graph(self.tensorboard, model.eval(), example)
+
+    def on_epoch_end(self, row: dict[str, float]) -> None:
+        writer = self.tensorboard
+        if writer is None:
+            return
+        epoch = int(row["epoch"])
+        for key in ("train_loss", "val_loss"):
+            writer.add_scalar(f"loss/{key.split('_')[0]}", row[key], epoch)
+        for key in ("train_acc", "val_acc"):
+            writer.add_scalar(f"accuracy/{key.split('_')[0]}", row[key], epoch)
+        writer.add_scalar("lr", row["lr"], epoch)
+        writer.add_scalar("speed/images_per_s", row["images_per_s"], epoch)
+        writer.add_scalar("speed/epoch_time_s", row["epoch_time_s"], epoch)
+        writer.flush()
+
+    def on_failure(self, history: list[dict[str, float]]) -> None:
+        """A diverged run still leaves its curves up to the last good epoch (training_log.csv stays too)."""
+        if not history:
+            return
+        try:
+            from dsconv.evaluation.plots import curves_figure, save_figure
+
+            figure = curves_figure(history, None, f"{self.cfg.model.name} (stopped: non-finite loss)")
+            save_figure(figure, self.run_dir / "curves.png")
+        except Exception as exc:  # the figure is a courtesy; the error being raised matters more
+            log.warning("could not draw curves.png: %s", exc)
+
+    def on_end(
+        self, metrics: dict[str, Any], cls: dict[str, Any], history: list[dict[str, float]], test: EvalResult
+    ) -> None:
+        from dsconv.evaluation.run_outputs import write_figures, write_json
+
+        write_json(self.run_dir / "metrics.json", metrics)
+        write_json(self.run_dir / "classification_report.json", cls["report"])
+        write_json(self.run_dir / "confusion_matrix.json", cls["confusion_matrix"])
+        assert self.data is not None
+        write_figures(
+            self.run_dir,
+            history=history,
+            best_epoch=int(metrics["best_epoch"]),
+            confusion=cls["confusion_matrix"],
+            classes=self.data.classes,
+            test_images=self.data.test.images,
+            test_labels=self.data.test.labels,
+            test_logits=test.logits,
+            title=f"{self.cfg.model.name} ({metrics['conv']})",
+            writer=self.tensorboard,
+        )
+        if self.tensorboard is not None:
+            self._summarize(metrics, cls)
+            self.tensorboard.close()
+
+    def _summarize(self, metrics: dict[str, Any], cls: dict[str, Any]) -> None:
+        from dsconv.config import flat_hparams
+        from dsconv.evaluation.run_outputs import classification_report_text, log_tensorboard_summary
+
+        keys = ("test_accuracy", "test_f1_macro", "best_val_acc", "train_time_s", "macs_per_image", "params_total")
+        assert self.complexity is not None
+        log_tensorboard_summary(
+            self.tensorboard,
+            hparams=flat_hparams(self.cfg),
+            final={key: float(metrics[key]) for key in keys},
+            report_text=classification_report_text(cls["report"]),
+            flop_table=self.complexity.flop_table,
+            summary=self.complexity.summary,
+        )
+
+
+def conv_label(model_cfg: DictConfig, missing: str) -> str:
+    """``model.conv`` as a short label; ``missing`` for models without convolutions to switch."""
+    from dsconv.models.stages import describe_conv
+
+    return describe_conv(model_cfg.conv) if "conv" in model_cfg else missing
