@@ -20,6 +20,38 @@ def test_classification_metrics_match_hand_counts():
     assert metrics["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_classification_report_equals_scikit_learn(seed):
+    from sklearn.metrics import classification_report, confusion_matrix
+
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 5, (300,), generator=gen)
+    labels[labels == 4] = 3  # class 4 has no support and is never predicted: the zero-division branch
+    logits = torch.randn(300, 5, generator=gen)
+    logits[:, 4] = -10.0
+    classes = ("a", "b", "c", "d", "e")
+    ours = classification_metrics(logits, labels, classes)
+    expected = classification_report(
+        labels.numpy(),
+        logits.argmax(1).numpy(),
+        labels=list(range(5)),
+        target_names=list(classes),
+        output_dict=True,
+        zero_division=0,
+    )
+    assert ours["report"].keys() == expected.keys()
+    for key, value in expected.items():
+        if isinstance(value, dict):
+            assert ours["report"][key] == pytest.approx(value, abs=1e-12), key
+        else:
+            assert ours["report"][key] == pytest.approx(value, abs=1e-12)
+    assert (
+        ours["confusion_matrix"]
+        == confusion_matrix(labels.numpy(), logits.argmax(1).numpy(), labels=list(range(5))).tolist()
+    )
+    assert ours["f1_macro"] == pytest.approx(expected["macro avg"]["f1-score"], abs=1e-12)
+
+
 def _history(train_losses, val_losses, train_acc=0.95, val_acc=0.95):
     return [
         dict(epoch=i + 1, train_loss=t, val_loss=v, train_acc=train_acc, val_acc=val_acc)

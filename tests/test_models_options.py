@@ -20,7 +20,7 @@ SHAPE = {"mnist_cnn": (1, 28, 28), "cifar_cnn": (3, 32, 32), "densenet4": (3, 32
     [
         (
             "mnist_cnn",
-            "conv, channels, kernel_size, depth_multiplier, width, hidden, dropout, conv_options",
+            "conv, channels, kernel_size, depth_multiplier, width, hidden, pool, dropout, conv_options",
         ),
         (
             "cifar_cnn",
@@ -190,3 +190,18 @@ def test_check_model_raises_what_build_model_would_without_building_weights():
         check_model({"name": "mnist_cnn", "conv": "separable", "conv_options": {"se_ratio": -1}}, (1, 28, 28), 10)
     with pytest.raises(ConfigError, match=r"unknown option model\.widht"):
         check_model({"name": "densenet4", "widht": 2}, (3, 32, 32), 10)
+
+
+@pytest.mark.parametrize("width", [0.5, 1.0])
+def test_mnist_cnn_flatten_head_parameter_count(width):
+    channels = [round(c * width) for c in (32, 64, 128)]
+    convs, in_ch = 0, 1
+    for out_ch in channels:
+        convs += in_ch * out_ch * 9 + out_ch + 2 * out_ch  # weights + bias + BN affine
+        in_ch = out_ch
+    head = (in_ch * 3 * 3) * 64 + 64 + 64 * 10 + 10  # 28 -> 14 -> 7 -> 3 after three 2x2 max-pools
+    model = build_model({"name": "mnist_cnn", "pool": "flatten", "width": width}, (1, 28, 28), 10)
+    assert sum(p.numel() for p in model.parameters()) == convs + head
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ConfigError, match="pool"):
+        build_model({"name": "mnist_cnn", "pool": "max"}, (1, 28, 28), 10)

@@ -33,6 +33,7 @@ class MnistCNN(nn.Module):
         depth_multiplier: int | Sequence[int] = 1,
         width: float = 1.0,
         hidden: int = 64,
+        pool: str = "avg",
         dropout: float = 0.5,
         act_layer: Any = nn.ReLU,
         conv_options: dict | None = None,
@@ -58,10 +59,16 @@ class MnistCNN(nn.Module):
             )
             in_ch = out_ch
         self.features = nn.Sequential(*blocks)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        if pool not in ("avg", "flatten"):
+            raise ValueError(f"pool={pool!r} is unknown: use avg (global average pooling) or flatten")
+        # flatten keeps the last feature map's positions (3x3 at 28x28): a larger first FC layer that learns
+        # faster in a one-epoch budget than global average pooling.
+        side = input_shape[1] // 2 ** len(stages), input_shape[2] // 2 ** len(stages)
+        features = in_ch if pool == "avg" else in_ch * side[0] * side[1]
+        self.pool = nn.AdaptiveAvgPool2d(1) if pool == "avg" else nn.Identity()
         self.head = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(in_ch, hidden),
+            nn.Linear(features, hidden),
             make_act(act_layer),
             nn.Dropout(dropout),
             nn.Linear(hidden, num_classes),

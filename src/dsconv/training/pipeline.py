@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dsconv import distributed
 from dsconv.config import config_hash
@@ -60,6 +60,13 @@ class FinalEvaluation:
 
 def build_run(cfg: DictConfig, run_dir: Path, resume_hint: str | None = None) -> Run:
     """Data, model, batches, optimizer, loss and trainer, all checked; nothing written yet."""
+    if OmegaConf.select(cfg, "prune") is not None:
+        # A pruned model is fine-tuned: prune.finetune_epochs is this run's whole training length.
+        from dsconv.compression.runs import group_defaults
+
+        epochs = OmegaConf.select(cfg, "prune.finetune_epochs", default=group_defaults("prune")["finetune_epochs"])
+        with open_dict(cfg):
+            cfg.trainer.epochs = int(epochs)
     tcfg = cfg.trainer
     execution = distributed.setup(tcfg)
     if tcfg.num_threads is not None:
@@ -177,6 +184,12 @@ def evaluate_best(run: Run) -> FinalEvaluation:
             "copy the original run's best.pt there"
         )
     run.model.load_state_dict(best["model"])
+    if "prune" in run.provenance and run.provenance["prune"].get("method") == "unstructured":
+        from dsconv.compression.sparse import make_masks_permanent
+
+        # Fold the masks into plain weights: evaluation and the latency profile then time the sparse model,
+        # not a mask multiply on every forward.
+        make_masks_permanent(run.model)
     start = time.perf_counter()
     result = run.trainer.evaluate(run.parts.test_batches)  # under DDP: sharded, gathered on every rank
     return FinalEvaluation(result, best_epoch, time.perf_counter() - start)

@@ -71,6 +71,10 @@ def collect_metrics(
         "run_dir": str(run.run_dir),
     }
     metrics.update(run.provenance)  # distill / prune / match, when the run had them
+    prune = run.provenance.get("prune") or {}
+    if prune.get("method") == "unstructured":
+        # Zeros are still stored and multiplied on a dense CPU: params_total stays the dense count.
+        metrics["params_nonzero"] = int(prune["achieved"])
     return metrics
 
 
