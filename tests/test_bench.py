@@ -267,11 +267,23 @@ def test_grid_can_be_switched_off(tmp_path):
     assert not (tmp_path / "results.csv").exists() and (tmp_path / "roofline_layers.csv").exists()
 
 
-def test_memory_probe_runs_in_a_subprocess():
-    target = layer_targets({"c_in": 8, "c_out": 16, "kernel": 3, "hw": 16}, 0, bias=False)[0]
+def test_memory_probe_sees_the_live_tensors():
+    """The probe's peaks cover the tensors that must be live at once, and not much more.
+
+    The high-water mark only grows, so train >= inference holds by construction; instead the bounds come
+    from the workload: inference at batch 32 holds its input (4 MiB) and output (8 MiB); the training step
+    at batch 64 (larger on purpose, so its peak is its own) holds the input (8 MiB), the output and the
+    output's gradient (16 MiB each) at once. A probe that measured nothing, or a phase other than the one
+    it names, falls outside these bounds.
+    """
+    target = layer_targets({"c_in": 8, "c_out": 16, "kernel": 3, "hw": 64}, 0, bias=False)[0]
     sgd = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "optimizer" / "sgd.yaml"))
-    (result,) = measure_cpu(target, [Setting()], {"throughput": 8, "train": 4}, sgd, threads=1)
-    assert result["peak_mem_train_mib"] >= result["peak_mem_infer_mib"] >= 0
+    (result,) = measure_cpu(target, [Setting()], {"throughput": 32, "train": 64}, sgd, threads=1)
+    mib = 4 / 2**20  # bytes of one fp32 value, in MiB
+    infer_floor = 32 * (8 + 16) * 64 * 64 * mib  # 12 MiB
+    train_floor = 64 * (8 + 2 * 16) * 64 * 64 * mib  # 40 MiB
+    assert 0.9 * infer_floor <= result["peak_mem_infer_mib"] <= 4 * infer_floor, result
+    assert 0.9 * train_floor <= result["peak_mem_train_mib"] <= 4 * train_floor, result
     assert "RSS" in result["peak_mem_method"]
 
 

@@ -166,3 +166,47 @@ def test_help_and_cfg_job_import_no_training_stack(tmp_path, args):
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("imported:")]
     assert line == "imported:", line
     assert ("== Config groups ==" if args == ["--help"] else "optimizer:") in result.stdout
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int, bytes]]:
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    } | {str(p.relative_to(root)) + "/": (0, 0, b"") for p in root.rglob("*") if p.is_dir()}
+
+
+def _earlier_outputs(tmp_path: Path) -> tuple[Path, Path]:
+    """An outputs tree holding an earlier run and an earlier sweep (their files need not be real)."""
+    run = tmp_path / "outputs" / "runs" / "2024-01-01" / "00-00-00_mnist_cnn_abc123"
+    sweep = tmp_path / "outputs" / "multirun" / "2024-01-01" / "00-00-00_def456"
+    for directory in (run, sweep / "0"):
+        (directory / "checkpoints").mkdir(parents=True)
+        (directory / "metrics.json").write_text('{"test_accuracy": 0.5}\n')
+        (directory / "checkpoints" / "best.pt").write_bytes(b"earlier checkpoint")
+        (directory / "training_log.csv").write_text("epoch\n1\n")
+    (sweep / "report.md").write_text("# earlier report\n")
+    return run, sweep
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["trainer.compile=abc"], "trainer.compile='abc' is not a boolean"),
+        (["+distill.temperature=inf"], "distill.temperature=inf is not a finite number"),
+        (["trainer.early_stopping=5"], "trainer.early_stopping=5 is not a group of keys"),
+        (["optimizer.lr=${nope}"], "optimizer.lr cannot be resolved"),
+        (["scheduler.warmup_epochs=-1", "trainer.resume=auto"], "scheduler.warmup_epochs=-1 must be >= 0"),
+        (["-m", "+hparams_search=optuna", "hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials=0 must be an integer"),
+    ],
+)
+def test_refused_input_changes_nothing_on_disk(tmp_path, args, needle):
+    run, sweep = _earlier_outputs(tmp_path)
+    target = [f"hydra.sweep.dir={sweep}"] if "-m" in args else [f"hydra.run.dir={run}"]
+    before = _snapshot(tmp_path / "outputs")
+    flags, overrides = [a for a in args if a == "-m"], [a for a in args if a != "-m"]
+    result = _run([*flags, *TINY_RUN, *overrides, *target], tmp_path, timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.stderr
+    assert _snapshot(tmp_path / "outputs") == before

@@ -217,7 +217,7 @@ def test_norm_layers_inside_separable_convs_are_not_decayed():
         ("trainer.grad_clip=inf", "trainer.grad_clip=inf is not a finite number"),
         ("optimizer.betas=[1.5,0.9]", r"optimizer.betas\[0\]=1.5 is outside \[0, 1\)"),
         ("optimizer.eps=-1", "optimizer.eps=-1 must be >= 0"),
-        ("scheduler=plateau scheduler.factor=1.5", "scheduler.factor=1.5 must be < 1"),
+        ("scheduler=plateau scheduler.factor=1.5", r"scheduler.factor=1.5 is outside \(0, 1\)"),
         ("scheduler=onecycle scheduler.pct_start=0", "scheduler.pct_start=0 must be > 0"),
         ("scheduler=step scheduler.step_size=0", "scheduler.step_size=0 must be >= 1"),
         ("dataset.augment.crop_padding=-2", "dataset.augment.crop_padding=-2 must be >= 0"),
@@ -251,3 +251,112 @@ def test_label_smoothing_reaches_the_training_loss_only():
     logits, labels = torch.randn(6, 10, generator=torch.Generator().manual_seed(0)), torch.arange(6)
     want = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.2)
     assert teacher is None and torch.equal(criterion(logits, labels, torch.zeros(6, 1, 2, 2)), want)
+
+
+# ------------------------------------------------------------------ every class of numeric key
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        # counts: integers with a floor
+        ("trainer.eval_batch_size=0", "trainer.eval_batch_size=0 must be >= 1"),
+        ("trainer.max_skipped_steps=-1", "trainer.max_skipped_steps=-1 must be >= 0"),
+        ("trainer.checkpoint_every_steps=1.5", "trainer.checkpoint_every_steps=1.5 is not an integer"),
+        ("trainer.early_stopping.patience=-1", "trainer.early_stopping.patience=-1 must be >= 0"),
+        ("trainer.early_stopping.patience=inf", "trainer.early_stopping.patience=inf is not an integer"),
+        ("scheduler=plateau scheduler.patience=1.5", "scheduler.patience=1.5 is not an integer"),
+        ("scheduler=plateau scheduler.patience=-2", "scheduler.patience=-2 must be >= 0"),
+        ("dataset.val_size=0", "dataset.val_size=0 must be >= 1"),
+        ("dataset=synthetic dataset.num_test=0", "dataset.num_test=0 must be >= 1"),
+        ("dataset=synthetic dataset.num_classes=1", "dataset.num_classes=1 must be >= 2"),
+        ("dataset=synthetic dataset.image_size=0", "dataset.image_size=0 must be >= 1"),
+        ("dataset=synthetic dataset.channels=0", "dataset.channels=0 must be >= 1"),
+        ("dataset.image_size=abc", "dataset.image_size='abc' is not an integer"),
+        ("+dataset.limit_train=0", "dataset.limit_train=0 must be >= 1"),
+        # seeds: integers >= 0
+        ("trainer.seed=-1", "trainer.seed=-1 must be >= 0"),
+        ("dataset.split_seed=-1", "dataset.split_seed=-1 must be >= 0"),
+        ("dataset=synthetic dataset.data_seed=0.5", "dataset.data_seed=0.5 is not an integer"),
+        # non-negative reals, nan and inf refused
+        ("dataset=synthetic dataset.noise=-0.1", "dataset.noise=-0.1 must be >= 0"),
+        ("dataset=synthetic dataset.noise=nan", "dataset.noise=nan is not a finite number"),
+        ("trainer.early_stopping.min_delta=inf", "trainer.early_stopping.min_delta=inf is not a finite number"),
+        ("scheduler.warmup_epochs=nan", "scheduler.warmup_epochs=nan is not a finite number"),
+        ("optimizer.weight_decay=nan", "optimizer.weight_decay=nan is not a finite number"),
+        ("trainer.grad_clip=0", "trainer.grad_clip=0 must be > 0"),
+        ("trainer.grad_clip=-1", "trainer.grad_clip=-1 must be > 0"),
+        # fractions: bounded on both sides
+        ("optimizer=sgd optimizer.momentum=1.0", r"optimizer.momentum=1.0 is outside \[0, 1\)"),
+        ("optimizer=sgd optimizer.momentum=-0.5", "optimizer.momentum=-0.5 must be >= 0"),
+        ("optimizer=rmsprop optimizer.alpha=1.5", r"optimizer.alpha=1.5 is outside \[0, 1\]"),
+        ("dataset.test_fraction=1.5", r"dataset.test_fraction=1.5 is outside \(0, 1\)"),
+        ("dataset.test_fraction=0", "dataset.test_fraction=0 must be > 0"),
+        ("scheduler.warmup_start_factor=0", "scheduler.warmup_start_factor=0 must be > 0"),
+        ("scheduler.min_lr_factor=2", r"scheduler.min_lr_factor=2 is outside \[0, 1\]"),
+        ("model.dropout=nan", "model.dropout=nan is not a finite number"),
+        ("model=standard model.fc_dropout=-0.1", "model.fc_dropout=-0.1 must be >= 0"),
+        ("model=densenet4 model.compression=0", "model.compression=0 must be > 0"),
+        # model sizes, single and per stage
+        ("model.hidden=-1", "model.hidden=-1 must be >= 1"),
+        ("model.channels=[4,-8,8]", r"model.channels\[1\]=-8 must be >= 1"),
+        ("model.channels=5", "model.channels=5 is not a list"),
+        ("model.kernel_size=[3,3,nan]", r"model.kernel_size\[2\]=nan is not an integer"),
+        ("model.depth_multiplier=nan", "model.depth_multiplier=nan is not an integer"),
+        ("model=scratch_transformer model.heads=0", "model.heads=0 must be >= 1"),
+        ("model=scratch_transformer model.mlp_ratio=inf", "model.mlp_ratio=inf is not a finite number"),
+        ("model=densenet4 model.block_layers=[4,0,8,6]", r"model.block_layers\[1\]=0 must be >= 1"),
+        # optional groups
+        ("+distill.alpha=1.5", r"distill.alpha=1.5 is outside \[0, 1\]"),
+        ("+distill.alpha=nan", "distill.alpha=nan is not a finite number"),
+        ("+distill.temperature=0", "distill.temperature=0 must be > 0"),
+        ("+distill.temperature=inf", "distill.temperature=inf is not a finite number"),
+        ("+prune.finetune_epochs=-1", "prune.finetune_epochs=-1 must be >= 1"),
+        # booleans, choices, names and groups
+        ("trainer.compile=abc", "trainer.compile='abc' is not a boolean"),
+        ("trainer.distributed.sync_bn=2", "trainer.distributed.sync_bn=2 is not a boolean"),
+        ("dataset.augment.hflip=yes", "dataset.augment.hflip='yes' is not a boolean"),
+        ("tensorboard=1", "tensorboard=1 is not a boolean"),
+        ("dataset.normalize=foo", "dataset.normalize='foo' is unknown: choose one of half, stats"),
+        ("trainer.distributed.batch_size_semantics=foo", "batch_size_semantics='foo' is unknown"),
+        ("trainer.distributed.backend=mpi", "trainer.distributed.backend='mpi' is unknown"),
+        ("optimizer.name=5", "optimizer.name=5 is not a name"),
+        ("trainer.early_stopping=5", "trainer.early_stopping=5 is not a group of keys"),
+        ("dataset.augment=null", "dataset.augment=None is not a group of keys"),
+        ("model.conv_options=5", "model.conv_options=5 is not a group of keys"),
+        ("optimizer.betas=nan", "optimizer.betas=nan must hold two numbers"),
+        # keys that only make sense together
+        ("optimizer=sgd optimizer.nesterov=true optimizer.momentum=0", "nesterov=true needs optimizer.momentum"),
+    ],
+)
+def test_every_class_of_key_is_checked(override, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        validate_config(compose_config(override.split()))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "trainer.grad_clip=1.0",
+        "optimizer=sgd optimizer.nesterov=true",
+        "+distill.alpha=1.0 +distill.temperature=1",
+        "+dataset.limit_train=null",
+        "trainer.checkpoint_every_steps=0",
+        "scheduler.min_lr_factor=1.0",
+        "model.kernel_size=[3,5,7]",
+    ],
+)
+def test_edge_values_that_mean_something_pass(override):
+    validate_config(compose_config(override.split()))
+
+
+def test_model_arithmetic_errors_become_one_line(monkeypatch):
+    """A builder that trips over a size (a zero divisor, a negative dimension) is a ConfigError, not a traceback."""
+    import dsconv.registry
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Trying to create tensor with negative dimension -1: [-1, 128]")
+
+    monkeypatch.setattr(dsconv.registry, "check_model", broken)
+    with pytest.raises(ConfigError, match=r"^model mnist_cnn rejected its options \(Trying to create") as info:
+        validate_config(compose_config())
+    assert "\n" not in str(info.value)

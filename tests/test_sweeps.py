@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from omegaconf import OmegaConf
 
 from dsconv.config import validate_config
 from dsconv.paths import CONF_DIR, REPO_ROOT
@@ -15,10 +16,50 @@ from support import TINY_RUN, cli_env, compose_config
 TRAIN = [sys.executable, str(REPO_ROOT / "scripts" / "train.py")]
 
 
+def _sweeper_params(overrides: list[str]) -> dict[str, str]:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    return {str(k): str(v) for k, v in (cfg.hydra.sweeper.params or {}).items()}
+
+
+def _jobs(params: dict[str, str]) -> list[list[str]]:
+    """Every job's overrides of a basic sweeper's grid (comma-separated values, cartesian product)."""
+    import itertools
+
+    axes = [[f"{key}={value}" for value in values.split(",")] for key, values in params.items()]
+    return [list(job) for job in itertools.product(*axes)]
+
+
+# Each experiment: (dataset.name, model.name of the first job, its sweep grid).
+EXPERIMENTS = {
+    "cifar10_cnn_pair": ("cifar10", "cifar_cnn", {"model": "standard,depthwise", "trainer.seed": "0,1,2"}),
+    "cifar10_densenet4": ("cifar10", "densenet4", {"model": "densenet4,densenet4_standard", "trainer.seed": "0,1,2"}),
+    "mnist_separable_options": (
+        "mnist",
+        "mnist_cnn",
+        {"model": "mnist_cnn,mnist_cnn_separable,mnist_cnn_separable_options", "trainer.seed": "0,1,2"},
+    ),
+    "mnist_speedrun": ("mnist", "mnist_cnn", {}),
+    "fashion_mnist_speedrun": ("fashion_mnist", "mnist_cnn", {}),
+}
+
+
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
-def test_experiments_compose(name):
+def test_every_job_of_every_experiment_validates(name):
     cfg = compose_config([f"experiment={name}"])
     validate_config(cfg)
+    params = _sweeper_params([f"experiment={name}"])
+    if name in EXPERIMENTS:  # a new preset is still validated job by job below
+        dataset, model, grid = EXPERIMENTS[name]
+        assert (cfg.dataset.name, cfg.model.name, params) == (dataset, model, grid)
+    for job in _jobs(params) if params else []:
+        job_cfg = compose_config([f"experiment={name}", *job])
+        validate_config(job_cfg)
+        overrides = dict(o.split("=", 1) for o in job)
+        if "trainer.seed" in overrides:
+            assert job_cfg.trainer.seed == int(overrides["trainer.seed"])
 
 
 def test_cifar10_cnn_pair_experiment_matches_its_document():
@@ -32,9 +73,39 @@ def test_cifar10_cnn_pair_experiment_matches_its_document():
     assert (cfg.trainer.batch_size, cfg.trainer.epochs, cfg.dataset.name) == (128, 10, "cifar10")
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml")))
-def test_sweep_presets_compose(name):
-    compose_config([f"+sweep={name}"])
+SWEEPS = {
+    "activation": ("activation", "relu,leaky_relu,swish"),
+    "batch_size": ("trainer.batch_size", "32,64,128,256"),
+    "dropout": ("model.dropout", "0.0,0.1,0.3,0.5"),
+    "lr": ("optimizer.lr", "3.0e-4,1.0e-3,3.0e-3,1.0e-2"),
+    "optimizer": ("optimizer", "adam,rmsprop,sgd"),
+}
+
+
+def yaml_number(text: str) -> int | float:
+    return int(text) if text.isdigit() else float(text)
+
+
+def test_every_sweep_preset_has_its_expectation():
+    # A new preset needs a line in SWEEPS (what it sweeps); the test below then checks it.
+    assert {p.stem for p in (CONF_DIR / "sweep").glob("*.yaml")} <= set(SWEEPS)
+
+
+@pytest.mark.parametrize("name", sorted(SWEEPS))
+def test_sweep_presets_sweep_their_key_over_three_seeds(name):
+    key, values = SWEEPS[name]
+    params = _sweeper_params([f"+sweep={name}"])
+    assert params == {key: values, "trainer.seed": "0,1,2"}
+    jobs = _jobs(params)
+    assert len(jobs) == 3 * len(values.split(","))
+    for job in jobs[::3]:  # one seed per value: the seeds change nothing that validation checks
+        cfg = compose_config([f"+sweep={name}", *job])
+        validate_config(cfg)
+        want, got = job[0].split("=", 1)[1], OmegaConf.select(cfg, key)
+        if key in ("activation", "optimizer"):  # a group choice: the composed group carries its name
+            assert got.name == want
+        else:
+            assert got == float(want) and type(got) is type(yaml_number(want))
 
 
 def _run(args, tmp_path, timeout=300):
@@ -120,7 +191,8 @@ def test_slurm_launcher_config_composes():
 
 def test_run_dirs_do_not_collide_within_a_second():
     from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
+
+    import dsconv.train  # noqa: F401  (registers the dsconv_uid resolver, as the CLI does; else order-dependent)
 
     dirs = set()
     for _ in range(2):

@@ -99,7 +99,7 @@ def build_model(
         return builder(input_shape=tuple(input_shape), num_classes=int(num_classes), **options)
     except ConfigError:
         raise
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, ArithmeticError, RuntimeError, IndexError) as error:
         message = " ".join(str(error).split()) or type(error).__name__
         raise ConfigError(f"model {name} rejected its options ({message}): fix {_blame(options, message)}") from error
 

@@ -80,7 +80,7 @@ def _task(cfg: DictConfig) -> float | list[float] | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    overrides = [str(o) for o in hydra_cfg.overrides.task]
+    overrides = [str(o) for o in OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)]
     job_num = int(hydra_cfg.job.num) if multirun else 0
     try:
         execution = distributed.for_job()

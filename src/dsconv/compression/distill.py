@@ -95,7 +95,7 @@ def distill_settings(distill_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"distill.alpha={alpha!r} is outside [0, 1]: use a weight such as 0.5")
     temperature = settings["temperature"]
-    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or temperature <= 0:
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 < temperature < float("inf"):
         raise ConfigError(f"distill.temperature={temperature!r} must be > 0: use e.g. 4.0")
     settings["alpha"], settings["temperature"] = float(alpha), float(temperature)
     return settings

@@ -28,6 +28,9 @@ from dsconv.errors import DsconvError
 FAILURE_FILE = "failure.json"
 EXIT_BAD_OUTPUT_DIR = 2
 EXIT_SWEEP_FAILED = 1
+EXIT_BAD_CONFIG = 2
+# Optuna sweeper counts (conf/hparams_search): key under hydra.sweeper -> smallest allowed value.
+SWEEPER_COUNTS = {"n_trials": 1, "n_jobs": 1, "sampler.seed": 0, "sampler.n_startup_trials": 0}
 
 
 def one_line(exc: BaseException) -> str:
@@ -88,6 +91,19 @@ def bad_output_dir_message(directory: str | Path, reason: str) -> str:
     )
 
 
+def sweeper_problem(sweeper: Any) -> str | None:
+    """One line for an Optuna count that would fail inside the sweeper (or run nothing), else None."""
+    if not isinstance(sweeper, DictConfig):
+        return None
+    for key, minimum in SWEEPER_COUNTS.items():
+        value = OmegaConf.select(sweeper, key, default=None)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            return f"hydra.sweeper.{key}={value!r} must be an integer >= {minimum}: set it to {minimum} or more"
+    return None
+
+
 def summarize_failures(sweep_dir: Path) -> tuple[list[Path], str]:
     failures = sorted(sweep_dir.rglob(FAILURE_FILE))
     jobs = {p.parent.parent for p in sweep_dir.rglob(".hydra/config.yaml")} | {p.parent for p in failures}
@@ -115,6 +131,11 @@ class SweepGuard(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config.hydra.sweep.dir)
+        message = sweeper_problem(OmegaConf.select(config, "hydra.sweeper"))
+        if message is not None:
+            sys.stderr.write(f"error: {message}\n")
+            sys.stderr.flush()
+            raise SystemExit(EXIT_BAD_CONFIG)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
