@@ -165,11 +165,11 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...], batch_size: int =
 
 
 def _flop_analysis(model: nn.Module, example: torch.Tensor):
+    warnings.filterwarnings("ignore", message=".*torch.jit.*", category=FutureWarning)
     from fvcore.nn import FlopCountAnalysis
 
     # fvcore logs every op it has no formula for (relu, pooling...); those cost no MACs here.
     logging.getLogger("fvcore").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*torch.jit.*", category=FutureWarning)
     analysis = FlopCountAnalysis(model, (example,))
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)

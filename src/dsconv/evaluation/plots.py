@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -90,8 +91,20 @@ def curves_figure(history: Sequence[dict[str, float]], best_epoch: int | None = 
     return fig
 
 
+FIGURE_DPI = 110
+
+
 def save_figure(fig, path: str | Path) -> Path:
     path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path.write_bytes(figure_png(fig))
     return path
+
+
+def figure_png(fig) -> bytes:
+    """The figure as PNG bytes, then closed: one render serves both the file and TensorBoard."""
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=FIGURE_DPI)
+    finally:
+        plt.close(fig)
+    return buffer.getvalue()

@@ -10,6 +10,7 @@ that needs them is written, so neither ``--help`` nor a failing start pays for t
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,18 @@ from dsconv.evaluation.complexity import ParamCount
 from dsconv.training.state import EvalResult
 
 log = logging.getLogger("dsconv")
+
+# metrics.json keys that become the HParams table's metric columns (as scalars ``final/<key>``)
+HPARAM_METRICS = (
+    "test_accuracy",
+    "test_f1_macro",
+    "best_val_acc",
+    "best_epoch",
+    "train_time_s",
+    "macs_per_image",
+    "params_total",
+    "latency_ms_b1",
+)
 
 
 @dataclass(frozen=True)
@@ -38,15 +51,19 @@ def describe_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelCompl
     """Parameters, MACs and the model tables, each computed once."""
     from dsconv.evaluation import complexity
 
-    macs, _, flop_table = complexity.macs_by_module(model, input_shape)
-    summary = complexity.model_summary(model, input_shape)
-    fvcore_total = None
-    count_fvcore = getattr(complexity, "count_fvcore_macs", None)
-    if count_fvcore is not None:
-        try:
-            fvcore_total = int(count_fvcore(model, input_shape))
-        except Exception as exc:  # fvcore's tracer fails on some dynamic models; the headline MACs stand
-            log.warning("fvcore MAC count skipped: %s", str(exc).splitlines()[0] if str(exc) else exc)
+    with warnings.catch_warnings():
+        # Importing fvcore runs torch.jit.script, which warns that it is deprecated: two lines of noise
+        # on every run's console that the user can do nothing about.
+        warnings.filterwarnings("ignore", message=".*torch.jit.*", category=FutureWarning)
+        macs, _, flop_table = complexity.macs_by_module(model, input_shape)
+        summary = complexity.model_summary(model, input_shape)
+        fvcore_total = None
+        count_fvcore = getattr(complexity, "count_fvcore_macs", None)
+        if count_fvcore is not None:
+            try:
+                fvcore_total = int(count_fvcore(model, input_shape))
+            except Exception as exc:  # fvcore's tracer fails on some dynamic models; the headline MACs stand
+                log.warning("fvcore MAC count skipped: %s", str(exc).splitlines()[0] if str(exc) else exc)
     return ModelComplexity(complexity.count_params(model), int(macs), fvcore_total, summary, flop_table)
 
 
@@ -103,9 +120,12 @@ class RunWriter(RunCallback):
         # On resume, events past the checkpoint's epoch are hidden so curves do not fold back.
         purge = resume_epoch + 1 if resume_epoch is not None else None
         self.tensorboard = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=purge)
-        if resume_epoch is None:
-            from dsconv.evaluation.run_outputs import log_graph
+        if resume_epoch is None:  # a resumed run keeps the records of its first start
+            from dsconv.config import flat_hparams
+            from dsconv.evaluation.run_outputs import log_graph, log_scalar_layout, log_session_start
 
+            log_scalar_layout(self.tensorboard)
+            log_session_start(self.tensorboard, flat_hparams(cfg))  # the HParams row shows while it trains
             log_graph(self.tensorboard, model.eval(), example)
 
     def on_epoch_end(self, row: dict[str, float]) -> None:
@@ -124,6 +144,12 @@ class RunWriter(RunCallback):
 
     def on_failure(self, history: list[dict[str, float]]) -> None:
         """A diverged run still leaves its curves up to the last good epoch (training_log.csv stays too)."""
+        if self.tensorboard is not None:  # the HParams row says the run failed instead of looking unfinished
+            from dsconv.evaluation.run_outputs import log_session_end
+
+            log_session_end(self.tensorboard, {}, int(history[-1]["epoch"]) if history else 0, succeeded=False)
+            self.tensorboard.close()
+            self.tensorboard = None
         if not history:
             return
         try:
@@ -156,23 +182,30 @@ class RunWriter(RunCallback):
             writer=self.tensorboard,
         )
         if self.tensorboard is not None:
-            self._summarize(metrics, cls)
+            self._summarize(metrics, cls, history, test)
             self.tensorboard.close()
 
-    def _summarize(self, metrics: dict[str, Any], cls: dict[str, Any]) -> None:
-        from dsconv.config import flat_hparams
-        from dsconv.evaluation.run_outputs import classification_report_text, log_tensorboard_summary
+    def _summarize(
+        self, metrics: dict[str, Any], cls: dict[str, Any], history: list[dict[str, float]], test: EvalResult
+    ) -> None:
+        from dsconv.evaluation.run_outputs import (
+            classification_report_text,
+            log_pr_curves,
+            log_session_end,
+            log_tensorboard_summary,
+        )
 
-        keys = ("test_accuracy", "test_f1_macro", "best_val_acc", "train_time_s", "macs_per_image", "params_total")
-        assert self.complexity is not None
+        assert self.complexity is not None and self.data is not None
+        step = int(history[-1]["epoch"]) if history else 0
+        log_pr_curves(self.tensorboard, test.logits, test.labels, self.data.classes, step)
         log_tensorboard_summary(
             self.tensorboard,
-            hparams=flat_hparams(self.cfg),
-            final={key: float(metrics[key]) for key in keys},
             report_text=classification_report_text(cls["report"]),
             flop_table=self.complexity.flop_table,
             summary=self.complexity.summary,
         )
+        final = {key: float(metrics[key]) for key in HPARAM_METRICS if metrics.get(key) is not None}
+        log_session_end(self.tensorboard, final, step)
 
 
 def conv_label(model_cfg: DictConfig, missing: str) -> str:
