@@ -5,7 +5,7 @@ Each run dir's best checkpoint is rebuilt, quantized with PyTorch's x86 FX flow 
 run's own test split (the same dataset config and normalisation as its training).
 
     python scripts/int8_accuracy.py outputs/study/mnist/standard/seed0 outputs/study/mnist/ds/seed0 \
-        --json results/int8/mnist.json
+        --json results/int8/mnist.json   # also writes mnist.csv
 """
 
 from __future__ import annotations
@@ -68,6 +68,9 @@ def main() -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        columns = ("run", "model", "conv", "fp32_accuracy", "int8_accuracy", "change_points", "images")
+        lines = [",".join(columns)] + [",".join(str(row[c]) for c in columns) for row in rows]
+        args.json.with_suffix(".csv").write_text("\n".join(lines) + "\n")  # the README's table
     return 0
 
 

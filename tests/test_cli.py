@@ -210,3 +210,21 @@ def test_refused_input_changes_nothing_on_disk(tmp_path, args, needle):
     assert result.returncode == 2, result.stderr[-2000:]
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.stderr
     assert _snapshot(tmp_path / "outputs") == before
+
+
+@pytest.mark.slow
+def test_a_sweep_optimising_a_test_metric_is_refused_before_any_job(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = subprocess.run(
+        [*TRAIN, "-m", "+hparams_search=optuna", "objective=test_accuracy", f"hydra.sweep.dir={sweep_dir}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: objective=test_accuracy cannot be optimised: use a validation or cost metric (best_val_acc, "
+        "best_val_loss, macs_per_image, params_total, latency_ms_b1), never a test metric"
+    ]
+    assert not sweep_dir.exists()

@@ -132,6 +132,15 @@ class SweepGuard(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config.hydra.sweep.dir)
         message = sweeper_problem(OmegaConf.select(config, "hydra.sweeper"))
+        if message is None and "objective" in config:
+            # What a sweeper optimises is the same for every job: refuse a test metric before the first one.
+            from dsconv.config import validate_objective
+            from dsconv.errors import DsconvError
+
+            try:
+                validate_objective(config)
+            except DsconvError as exc:
+                message = one_line(exc)
         if message is not None:
             sys.stderr.write(f"error: {message}\n")
             sys.stderr.flush()

@@ -1,0 +1,45 @@
+"""The README's result tables are generated from results/: CI fails when the two disagree."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from dsconv.paths import REPO_ROOT
+
+spec = importlib.util.spec_from_file_location("readme_tables", REPO_ROOT / "scripts" / "readme_tables.py")
+readme_tables = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(readme_tables)
+
+
+def test_readme_tables_match_the_committed_results():
+    assert readme_tables.main(["--check"]) == 0
+
+
+def test_blocks_are_regenerated_from_their_sources(tmp_path):
+    (tmp_path / "a.csv").write_text("run,acc\nx,0.98765\n")
+    speedrun = {
+        "experiment": "mnist_speedrun",
+        "ratio_dsconv_over_plain": 0.5,
+        **{
+            name: {
+                "median_process_s": t,
+                "min_process_s": t,
+                "max_process_s": t,
+                "mean_test_accuracy": 0.99,
+                "std_test_accuracy": None,
+                "runs": [{}],
+            }
+            for name, t in (("dsconv", 5.0), ("plain", 10.0))
+        },
+    }
+    (tmp_path / "s.json").write_text(json.dumps(speedrun))
+    text = "intro\n<!-- table csv a.csv -->\nstale\n<!-- /table -->\n<!-- table speedrun s.json -->\n<!-- /table -->\n"
+    out = readme_tables.render(text, tmp_path)
+    assert "| run | acc |\n|---|---|\n| x | 0.988 |\n" in out and "stale" not in out
+    assert "**0.50x**" in out and "| plain script | 10.00 (10.00–10.00) | 99.00 | 1 |" in out
+    assert readme_tables.render(out, tmp_path) == out  # regenerating is a fixed point
+    with pytest.raises(SystemExit, match="does not exist"):
+        readme_tables.render("<!-- table csv gone.csv -->\n<!-- /table -->\n", tmp_path)
