@@ -16,6 +16,10 @@ from torch.nn.utils import parametrize
 
 
 def init_weights(model: nn.Module) -> nn.Module:
+    if any(p.is_meta for p in model.parameters()):
+        # A model built on the meta device only checks a config: values do not exist, and meta
+        # normal_() would import torch._dynamo (seconds) to trace a random-number reference.
+        return model
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             weight = _raw_weight(module)
