@@ -34,6 +34,7 @@ RUN = [
     "trainer.checkpoint_every_steps=2",
 ]
 TIME_KEYS = {
+    "startup_s",
     "train_time_s",
     "mean_epoch_time_s",
     "train_images_per_s",

@@ -257,6 +257,7 @@ NULLABLE |= {"dataset.limit_train", "model.bottleneck_width", "model.stem_channe
 # Booleans: a string such as "abc" would otherwise be truthy and switch the feature on.
 FLAGS = ["profile_inference", "tensorboard", "debug", "optimizer.nesterov", "trainer.distributed.sync_bn"]
 FLAGS += [f"trainer.{key}" for key in ("channels_last", "compile", "fast", "deterministic", "progress_bar", "verbose")]
+FLAGS += ["trainer.keep_freed_memory"]
 FLAGS += ["dataset.download", "dataset.verify_checksums", "dataset.augment.hflip"]
 CHOICES: dict[str, tuple[str, ...]] = {
     "dataset.normalize": ("half", "stats"),

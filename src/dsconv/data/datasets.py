@@ -71,10 +71,13 @@ def load_dataset(cfg: Any, data_dir: str | Path) -> DatasetSplits:
         raise ConfigError(f"unknown dataset {name!r}: choose one of {', '.join(sorted(_LOADERS))}")
     train, test, classes = _LOADERS[name](cfg, Path(data_dir))
     train, val = _carve_validation(train, int(cfg.val_size), int(cfg.split_seed), name)
-    # An optional key (added with +dataset.limit_train=N): keep only the first N training images.
+    # An optional key (added with +dataset.limit_train=N): keep N training images drawn at random (seeded by
+    # split_seed), not the first N: an image-folder dataset is stored class by class.
     limit = cfg.limit_train if "limit_train" in cfg else None
-    if limit:
-        train = Split(train.images[: int(limit)], train.labels[: int(limit)])
+    if limit and int(limit) < len(train):
+        keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(int(cfg.split_seed) + 1))
+        keep = keep[: int(limit)].sort().values
+        train = Split(train.images[keep], train.labels[keep])
     scaled = train.images.float().div_(255)
     mean = tuple(scaled.mean(dim=(0, 2, 3)).tolist())
     std = tuple(scaled.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist())

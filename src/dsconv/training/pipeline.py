@@ -27,6 +27,7 @@ from dsconv.registry import build_model
 from dsconv.training.checkpoint import CheckpointError, load_checkpoint
 from dsconv.training.criterion import build_criterion
 from dsconv.training.faults import NonFiniteLossError
+from dsconv.training.host_memory import keep_freed_memory, process_age_s
 from dsconv.training.resume import ResumePoint, adopt_best, check_compatible, find_resume_point
 from dsconv.training.run_writer import RunCallback, RunWriter
 from dsconv.training.setup import RunComponents, build_components, run_training_config, seed_everything
@@ -49,6 +50,8 @@ class Run:
     resume: ResumePoint | None
     # Identities of what shaped the model or loss (teacher, pruning, width matching), for metrics.json.
     provenance: dict[str, Any] = field(default_factory=dict)
+    # Seconds from process start to the first training step (the CLI's fixed start-up cost).
+    startup_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,8 @@ def build_run(cfg: DictConfig, run_dir: Path, resume_hint: str | None = None) ->
     execution = distributed.setup(tcfg)
     if tcfg.num_threads is not None:
         torch.set_num_threads(int(tcfg.num_threads))
+    if tcfg.keep_freed_memory:
+        keep_freed_memory()
     seed_everything(int(tcfg.seed), bool(tcfg.deterministic))
     with execution.main_first():  # one rank downloads
         data = load_dataset(cfg.dataset, cfg.paths.data_dir)
@@ -162,6 +167,7 @@ def fit_run(run: Run) -> list[dict[str, float]]:
         if run.execution.is_main:
             adopt_best(resume, run.run_dir)
         log.info("resuming from %s", resume.describe())
+    run.startup_s = process_age_s()
     try:
         history = trainer.fit(run.parts.train_batches, run.parts.val_batches)
     except NonFiniteLossError:

@@ -51,6 +51,7 @@ def collect_metrics(
         "macs_per_image": complexity.macs,
         "macs_fvcore_total": complexity.fvcore_macs,
         "macs_unit": MACS_UNIT,
+        "startup_s": run.startup_s,
         "train_time_s": run.trainer.state.train_time_s,
         "mean_epoch_time_s": float(np.mean([r["epoch_time_s"] for r in history])),
         "train_images_per_s": float(np.median([r["images_per_s"] for r in history])),

@@ -91,7 +91,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=False)
         torch.backends.cudnn.benchmark = False
-    else:
+    elif torch.are_deterministic_algorithms_enabled():  # the setter imports torch._inductor (~1.8 s)
         torch.use_deterministic_algorithms(False)
 
 
