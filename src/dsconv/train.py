@@ -80,6 +80,8 @@ def cli() -> None:
     closed, so the process flushes its logs and ends. Errors still exit through ``sys.exit``.
     """
     main()
+    if launch_env() is not None or any(arg in ("-m", "--multirun") for arg in sys.argv[1:]):
+        return  # sweep launchers' workers and torchrun's ranks need the normal shutdown (they hold our pipes)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
