@@ -226,11 +226,16 @@ def speedrun(data_dir: Path, experiment: str, seeds: int, overrides: list[str]) 
             plain += ["--dataset", dataset, "--epochs", str(plain_epochs)]
             for name in ("dsconv", "plain") if seed % 2 == 0 else ("plain", "dsconv"):
                 seconds, stdout = _timed(ours if name == "dsconv" else plain)
+                row = {"seed": seed, "process_s": seconds}
                 if name == "dsconv":
-                    accuracy = json.loads((run_dir / "metrics.json").read_text())["test_accuracy"]
+                    metrics = json.loads((run_dir / "metrics.json").read_text())
+                    # The fixed costs around training: start to first step, and last step to exit.
+                    row.update(startup_s=metrics["startup_s"], fit_s=metrics["train_time_s"])
+                    row["after_fit_s"] = seconds - metrics["startup_s"] - metrics["train_time_s"]
+                    accuracy = metrics["test_accuracy"]
                 else:
                     accuracy = float(stdout.split("test_accuracy=")[1].split()[0])
-                rows[name].append({"seed": seed, "process_s": seconds, "test_accuracy": accuracy})
+                rows[name].append({**row, "test_accuracy": accuracy})
                 print(f"  seed {seed} {name:6s} {seconds:6.2f} s  test accuracy {accuracy:.4f}", flush=True)
     summary = {}
     for name, runs in rows.items():
@@ -241,6 +246,11 @@ def speedrun(data_dir: Path, experiment: str, seeds: int, overrides: list[str]) 
             "max_process_s": max(times),
             "mean_test_accuracy": statistics.fmean(accs),
             "std_test_accuracy": statistics.stdev(accs) if len(accs) > 1 else None,
+            **{
+                f"median_{key}": statistics.median(r[key] for r in runs)
+                for key in ("startup_s", "fit_s", "after_fit_s")
+                if key in runs[0]
+            },
             "runs": runs,
         }
         std = summary[name]["std_test_accuracy"]

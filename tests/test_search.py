@@ -290,3 +290,24 @@ def test_rerun_dry_run_gives_plain_runs_of_the_front(killed_and_resumed, capsys)
         f"hydra.run.dir={sweep / 'rerun' / ('trial_' + str(first['number'])) / 'seed_0'}",
     ]
     assert rerun.run_commands(sweep, best, [0, 1, 2], ["trainer.epochs=2"], sweep / "rerun")[0][3][3:] == expected
+
+
+@pytest.mark.slow
+def test_report_on_a_search_writes_its_front_plot_and_table(killed_and_resumed, tmp_path):
+    from dsconv.report.cli import main as report_main
+
+    sweep = killed_and_resumed["sweep"]
+    out = tmp_path / "report"
+    assert report_main([str(sweep), "--out", str(out)]) == 0
+    trials = json.loads((out / "trials.json").read_text())
+    assert [t["number"] for t in trials] == [t["number"] for t in load_trials(sweep)]
+    assert [t["number"] for t in json.loads((out / "front.json").read_text())] == [
+        t["number"] for t in front(load_trials(sweep))
+    ]
+    assert (out / "pareto_search.png").read_bytes()[:4] == b"\x89PNG"
+    text = (out / "report.md").read_text()
+    assert "## The front" in text and "all-standard (trial 0" in text
+    # Redrawn from the committed files alone (no search.db): the same front and table.
+    again = tmp_path / "again"
+    assert report_main([str(out), "--out", str(again)]) == 0
+    assert (again / "report.md").read_text() == text

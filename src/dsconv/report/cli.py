@@ -54,6 +54,16 @@ def _run(args: argparse.Namespace) -> int:
         from dsconv.report.timing import load_bench
 
         bench = load_bench(args.bench)  # before anything is read or written: a bad path costs nothing
+    if args.markdown_table is None:
+        from dsconv.report.search import search_report_or_none
+
+        search = search_report_or_none(args.dirs, args.out)
+        if search is not None:
+            print(
+                f"report: {search['report']} (Pareto search: {search['trials']} trials, {search['front']} on the "
+                f"front; plot {search['plot']})"
+            )
+            return 0
     runs = find_runs(args.dirs)
     if not runs:
         print(
