@@ -4,8 +4,13 @@ Every generated block sits between two markers that name its source::
 
     <!-- table report results/mnist -->        dsconv-report --markdown-table of results/mnist/runs
     <!-- table speedrun results/speedrun/mnist.json -->   scripts/bench_train.py --speedrun --json output
-    <!-- table front results/search/fashion_mnist -->     front.json (+ rerun.json) of a Pareto search
+    <!-- table front results/search/fashion_mnist -->     dsconv-report of a Pareto search (trials.json, rerun.json)
     <!-- table csv results/bench/runtime_pairs.csv -->    any CSV file, as a markdown table
+    <!-- table runtimes results/bench/runtime_pairs.csv -->  speedup and realised ratio per runtime
+    <!-- table throughput results/speedrun/cifar_throughput.json -->  scripts/bench_train.py --json
+    <!-- table roofline results/bench/roofline_summary.csv -->  per layer type, over all networks
+    <!-- table claims results -->                  the seeds' claims, held / not held, from every study
+                                                   (results/*/metrics_comparison.json) and results/bench
     ...generated text...
     <!-- /table -->
 
@@ -66,33 +71,18 @@ PHASES = ("startup_s", "fit_s", "after_fit_s")
 
 
 def front_table(source: Path) -> str:
-    """The front (``front.json``: non-dominated trials, cheapest first) and its re-runs' test accuracy."""
-    front = json.loads((source / "front.json").read_text())
-    reruns = _rerun_accuracy(source / "rerun.json")
-    lines = [
-        "| trial | stages, kernel, multiplier, width | val acc % (1 seed) | cost | test acc % of the re-runs |",
-        "|---|---|---|---|---|",
-    ]
-    for trial in front:
-        corner = f" ({trial['corner']})" if trial.get("corner") else ""
-        lines.append(
-            f"| {trial['number']} | `{trial['label']}`{corner} | {100 * trial['accuracy']:.2f} | "
-            f"{trial['cost']:,.0f} {trial['cost_metric']} | {reruns.get(int(trial['number']), '—')} |"
-        )
-    return "\n".join(lines) + "\n"
+    """A Pareto search's front (from ``dsconv-report``'s trials.json + rerun.json) and its corners."""
+    from dsconv.report.search import corner_lines, read_search
+    from dsconv.report.search import front_table as table
+    from dsconv.search.front import front
 
-
-def _rerun_accuracy(path: Path) -> dict[int, str]:
-    if not path.is_file():
-        return {}
-    texts = {}
-    for row in json.loads(path.read_text())["configs"]:
-        if row["test_accuracy_mean"] is None:
-            continue
-        std = row["test_accuracy_std"]
-        spread = f" ± {100 * std:.2f}" if std is not None else ""
-        texts[int(row["number"])] = f"{100 * row['test_accuracy_mean']:.2f}{spread} (n={row['n']})"
-    return texts
+    if not (source / "trials.json").is_file():  # an older search report: its front only, no corners
+        rerun_path = source / "rerun.json"
+        rerun = json.loads(rerun_path.read_text()) if rerun_path.is_file() else None
+        return table(json.loads((source / "front.json").read_text()), rerun) + "\n"
+    trials, rerun = read_search(source)
+    best = front(trials)
+    return table(best, rerun) + "\n\n" + "\n".join(corner_lines(trials, best)) + "\n"
 
 
 def csv_table(source: Path) -> str:
@@ -112,7 +102,95 @@ def _cell(value: str) -> str:
     return value if number.is_integer() and "." not in value else f"{number:.3g}"
 
 
-KINDS = {"report": report_table, "speedrun": speedrun_table, "front": front_table, "csv": csv_table}
+def best_runtime_table(source: Path) -> str:
+    """Per bench pair and batch: every runtime's realised ratio, the best one (outputs agreeing) in bold."""
+    with source.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    runtimes = list(dict.fromkeys(r["runtime"] for r in rows))
+    lines = [
+        "| pair (variant) | batch | MAC ratio | " + " | ".join(f"{r} speedup (realised)" for r in runtimes) + " |",
+        "|" + "---|" * (3 + len(runtimes)),
+    ]
+    for key in dict.fromkeys((r["pair"], r["variant"], r["batch"]) for r in rows):
+        group = {r["runtime"]: r for r in rows if (r["pair"], r["variant"], r["batch"]) == key}
+        agreeing = [r for r in group.values() if r["agrees"] == "True"]
+        best = max(agreeing, key=lambda r: float(r["realized"]))["runtime"] if agreeing else None
+        cells = []
+        for runtime in runtimes:
+            row = group.get(runtime)
+            if row is None:
+                cells.append("—")
+                continue
+            text = f"{float(row['speedup']):.2f}x ({100 * float(row['realized']):.0f}%)"
+            text += "" if row["agrees"] == "True" else " ✗ outputs differ"
+            text += " ⚠" if row["noisy"] == "True" else ""
+            cells.append(f"**{text}**" if runtime == best else text)
+        mac = float(next(iter(group.values()))["mac_ratio"])
+        lines.append(f"| {key[0]} ({key[1].rsplit('/', 1)[-1]}) | {key[2]} | {mac:.2f}x | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def throughput_table(source: Path) -> str:
+    """``scripts/bench_train.py --json``: training images/s of each model against the plain tutorial loop."""
+    result = json.loads(source.read_text())
+    labels = [k for k in result["models"][0] if k != "model"]
+    lines = [
+        "| model | " + " | ".join(f"{label} img/s (acc after)" for label in labels) + " | best / reference |",
+        "|" + "---|" * (len(labels) + 2),
+    ]
+    for entry in result["models"]:
+        rates = [entry[label]["images_per_s"] for label in labels]
+        cells = [f"{rate:.0f} ({100 * entry[label]['train_acc_after']:.1f}%)" for rate, label in zip(rates, labels)]
+        lines.append(f"| `{entry['model']}` | " + " | ".join(cells) + f" | **{max(rates[1:]) / rates[0]:.2f}x** |")
+    pipeline = result["pipeline"]
+    lines += [
+        "",
+        f"Data pipeline alone (crop + flip + normalise): DataLoader {pipeline['dataloader_batches_per_s']:.1f} "
+        f"batches/s, dsconv {pipeline['dsconv_batches_per_s']:.1f} batches/s ({pipeline['ratio']:.1f}x); torch "
+        f"{result['torch']}, {result['threads']} threads.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def roofline_table(source: Path) -> str:
+    """``roofline_summary.csv`` by dtype and layer type, over every benchmarked network."""
+    with source.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    lines = [
+        "| dtype | layer type | layers | achieved GFLOP/s (min–max over networks) | fraction of its roofline bound "
+        "(min–max) | share of the DS twins' conv+linear time (min–max) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key in dict.fromkeys((r["dtype"], r["layer_type"]) for r in rows):
+        group = [r for r in rows if (r["dtype"], r["layer_type"]) == key]
+        rates = [float(r["achieved_gflops"]) for r in group]
+        fractions = [float(r["fraction_of_bound"]) for r in group]
+        shares = [float(r["time_share"]) for r in group if r["target"].endswith("/separable")]
+        share = f"{100 * min(shares):.0f}–{100 * max(shares):.0f}%" if shares else "—"
+        lines.append(
+            f"| {key[0]} | {key[1]} | {sum(int(r['layers']) for r in group)} | {min(rates):.1f}–{max(rates):.1f} | "
+            f"{100 * min(fractions):.0f}–{100 * max(fractions):.0f}% | {share} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def claims_table(source: Path) -> str:
+    from dsconv.report.claims import claims_markdown
+
+    studies = sorted(path.parent for path in source.glob("*/metrics_comparison.json"))
+    return claims_markdown(studies, source / "bench")
+
+
+KINDS = {
+    "report": report_table,
+    "speedrun": speedrun_table,
+    "front": front_table,
+    "csv": csv_table,
+    "claims": claims_table,
+    "runtimes": best_runtime_table,
+    "throughput": throughput_table,
+    "roofline": roofline_table,
+}
 
 
 def render(readme: str, root: Path = REPO) -> str:

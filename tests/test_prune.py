@@ -172,3 +172,43 @@ def test_prune_source_must_match_the_run_model(tmp_path):
 def test_bad_prune_settings(settings, expected):
     with pytest.raises(ConfigError, match=re.escape(expected)):
         prune_settings(settings)
+
+
+def test_bench_measures_a_pruned_run_next_to_its_twins(tmp_path):
+    """A ``{run: ...}`` bench entry is the pruned run's real smaller module, paired with the standard model."""
+    from hydra import compose, initialize_config_dir
+
+    from dsconv.benchmark.suite import build_plan, twin_pairs
+    from dsconv.paths import CONF_DIR
+
+    full_size = ["model.channels=[32,64,128]", "model.hidden=64"]
+    write_run(tmp_path / "source", full_size)
+    prune = [f"+prune.from={tmp_path / 'source'}", "+prune.match_to=mnist_cnn_separable"]
+    cfg = compose_config([*TINY_RUN, *full_size, *prune])
+    model, info = build_run_model(cfg, tiny_data())
+    run = tmp_path / "pruned"
+    run.mkdir()
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_save({"model": model.state_dict(), "trainer": {"epoch": 1}}, run / "checkpoints" / "best.pt")
+    shape = ",".join(map(str, TINY_SHAPE))
+    models = (
+        f"models=[{{group:mnist_cnn,conv:standard,input_shape:[{shape}],label:std}},"
+        f"{{group:mnist_cnn,conv:separable,input_shape:[{shape}],label:ds}},{{run:'{run}',pair_with:std}}]"
+    )
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        plan = build_plan(compose("bench", overrides=[models, "layers=[]"]))
+    pruned = plan.targets[2]
+    assert (pruned.kind, pruned.conv, pruned.input_shape) == ("run", "standard", TINY_SHAPE)
+    assert pruned.label == "mnist_cnn/standard pruned structured (pruned)"
+    assert count_macs(pruned.build(), TINY_SHAPE) == info["achieved"]  # the real smaller module, not a mask
+    assert twin_pairs(plan.targets) == [("std", "ds"), ("std", pruned.label)]
+
+
+def test_bench_run_entries_fail_in_one_line(tmp_path):
+    from dsconv.benchmark.targets import model_target
+    from dsconv.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"models\[0\].run=.*does not exist"):
+        model_target({"run": str(tmp_path / "missing")}, 0, {})
+    with pytest.raises(ConfigError, match="a run entry takes run, label, pair_with, not conv"):
+        model_target({"run": str(tmp_path), "conv": "separable"}, 0, {})

@@ -39,7 +39,7 @@ def test_blocks_are_regenerated_from_their_sources(tmp_path):
     text = "intro\n<!-- table csv a.csv -->\nstale\n<!-- /table -->\n<!-- table speedrun s.json -->\n<!-- /table -->\n"
     out = readme_tables.render(text, tmp_path)
     assert "| run | acc |\n|---|---|\n| x | 0.988 |\n" in out and "stale" not in out
-    assert "**0.50x**" in out and "| plain script | 10.00 (10.00–10.00) | 99.00 | 1 |" in out
+    assert "**0.50x**" in out and "| plain script | 10.00 (10.00–10.00) | — | — | — | 99.00 | 1 |" in out
     assert readme_tables.render(out, tmp_path) == out  # regenerating is a fixed point
     with pytest.raises(SystemExit, match="does not exist"):
         readme_tables.render("<!-- table csv gone.csv -->\n<!-- /table -->\n", tmp_path)

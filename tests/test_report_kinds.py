@@ -231,3 +231,26 @@ def test_markdown_table_from_files_only(sweep, tmp_path, capsys):
     target = tmp_path / "table.md"
     assert report_main([str(sweep), "--markdown-table", str(target)]) == 0
     assert target.read_text() == text
+
+
+def test_a_ds_row_with_custom_conv_options_is_named_by_them(tmp_path, capsys):
+    """Committed results keep no .hydra dir, so the model choice is unknown: the options must name the row."""
+    for seed in SEEDS:
+        _write_run(tmp_path, "standard", seed)
+        _write_run(tmp_path, "ds", seed)
+        plain, custom = tmp_path / f"ds_{seed}", tmp_path / f"options_{seed}"
+        plain.rename(custom)
+        config = yaml.safe_load((custom / "config.yaml").read_text())
+        config["model"]["conv_options"] = {"skip": True, "depthwise_scale": 1.2}
+        (custom / "config.yaml").write_text(yaml.safe_dump(config))
+        _write_run(tmp_path, "ds", seed)
+    for run in tmp_path.glob("*/.hydra"):
+        for path in run.iterdir():
+            path.unlink()
+        run.rmdir()
+    assert report_main([str(tmp_path), "--markdown-table", "-"]) == 0
+    rows = [line.split(" | ")[:2] for line in capsys.readouterr().out.splitlines() if line.startswith("| DS")]
+    assert rows == [
+        ["| DS", "mnist_cnn [separable]"],
+        ["| DS (custom conv options)", "mnist_cnn [separable], depthwise_scale=1.2, skip=True"],
+    ]

@@ -110,7 +110,7 @@ def pair_rows(
     confidence: float,
 ) -> list[dict[str, Any]]:
     """The standard twin of a group against each other twin: size ratios, speedups with intervals."""
-    base = next((t for t in targets if t.conv == "standard"), None)
+    base = baseline(targets)
     if base is None:
         return []
     pairs = []
@@ -143,6 +143,12 @@ def pair_rows(
         pair["noisy"] = bool(b["noisy"] or o["noisy"])
         pairs.append(pair)
     return pairs
+
+
+def baseline(group: Sequence[Target]) -> Target | None:
+    """A pair's reference: its registered standard model (a trained standard run, e.g. pruned, is a variant)."""
+    standard = [t for t in group if t.conv == "standard"]
+    return next((t for t in standard if t.kind != "run"), standard[0] if standard else None)
 
 
 def groups_of(targets: Sequence[Target]) -> list[list[Target]]:

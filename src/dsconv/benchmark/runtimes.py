@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from dsconv.benchmark.deploy import DEFAULT_TOLERANCES, RUNTIMES, Prepared, agreement, prepare
+from dsconv.benchmark.grid import baseline
 from dsconv.benchmark.options import listed, number
 from dsconv.benchmark.targets import Target
 from dsconv.benchmark.timing import measure_interleaved, ratio_interval
@@ -136,11 +137,11 @@ def run_runtimes(
     pairs: list[dict[str, Any]] = []
     checks: list[dict[str, Any]] = []
     for group in groups:
-        group = [t for t in group if t.kind == "model" or options.include_layers]
+        group = [t for t in group if t.kind != "layer" or options.include_layers]
         if not group:
             continue
         macs = {t.label: count_macs(t.build(), t.input_shape) for t in group}
-        base = next((t for t in group if t.conv == "standard"), None)
+        base = baseline(group)
         for runtime in options.runtimes:
             prepared, group_checks = _prepare_twins(group, runtime, options)
             checks.extend(group_checks.values())

@@ -19,12 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from dsconv.benchmark import memory
 from dsconv.benchmark.environment import collect_environment, finish_environment
-from dsconv.benchmark.grid import groups_of, measure_group, pair_rows
+from dsconv.benchmark.grid import baseline, groups_of, measure_group, pair_rows
 from dsconv.benchmark.measure import Setting, check_setting, count_flops
 from dsconv.benchmark.options import number
 from dsconv.benchmark.roofline import RooflineOptions, run_roofline
 from dsconv.benchmark.runtimes import RuntimeOptions, run_runtimes
-from dsconv.benchmark.targets import Target, layer_targets, model_target
+from dsconv.benchmark.targets import Target, join_pairs, layer_targets, model_target
 from dsconv.benchmark.timing import check_timing_options
 from dsconv.errors import ConfigError
 from dsconv.evaluation.complexity import count_fvcore_macs, count_macs, count_params
@@ -112,6 +112,7 @@ def build_plan(cfg: DictConfig) -> BenchPlan:
     targets = [model_target(entry, i, dataset) for i, entry in enumerate(_as_list(cfg.models))]
     for i, entry in enumerate(_as_list(cfg.layers)):
         targets.extend(layer_targets(entry, i, bool(cfg.get("layer_bias", False))))
+    targets = join_pairs(targets)
     if not targets:
         raise ConfigError("nothing to measure: give at least one entry in models=[...] or layers=[...]")
     labels = [t.label for t in targets]
@@ -198,7 +199,7 @@ def twin_pairs(targets: list[Target]) -> list[tuple[str, str]]:
     """(standard label, variant label) for every pair."""
     out = []
     for group in groups_of(targets):
-        base = next((t for t in group if t.conv == "standard"), None)
+        base = baseline(group)
         out += [(base.label, t.label) for t in group if base is not None and t is not base]
     return out
 

@@ -1,4 +1,7 @@
-"""What gets measured: registered models (from ``models:``) and single standard/DS layers (``layers:``).
+"""What gets measured: registered models and trained runs (``models:``), single standard/DS layers (``layers:``).
+
+A ``{run: <run dir>}`` entry measures the network a run trained, with its weights: a structurally pruned
+run is a real smaller module, so its latency is measured next to the DS twin it was pruned to match.
 
 A ``Target`` is plain data (JSON-serialisable) so the memory probe can rebuild the very same network
 in a fresh process. Targets that differ only in their conv kind share a ``pair_key``; the one whose
@@ -7,6 +10,7 @@ conv is ``standard`` is the baseline the others are compared with.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -25,12 +29,13 @@ from dsconv.registry import build_model, registered_models
 
 # Keys of a `models:` entry that describe the run, not the model; everything else goes to the builder.
 ENTRY_KEYS = ("group", "label", "input_shape", "num_classes", "dataset")
+RUN_KEYS = ("run", "label", "pair_with")
 LAYER_KEYS = ("c_in", "c_out", "kernel", "hw", "stride")
 
 
 @dataclass(frozen=True)
 class Target:
-    kind: str  # "model" | "layer"
+    kind: str  # "model" | "layer" | "run" (a trained run's model, weights included)
     label: str
     conv: str  # standard | separable | hybrid(...)
     input_shape: tuple[int, int, int]
@@ -44,6 +49,10 @@ class Target:
         if self.kind == "layer":
             s = self.spec
             return make_conv(self.conv, s["c_in"], s["c_out"], s["kernel"], s["stride"], bias=s["bias"])
+        if self.kind == "run":
+            from dsconv.compression.runs import load_run_model
+
+            return load_run_model(self.spec["run_dir"], expect_input_shape=self.input_shape, key="models[].run")
         return build_model(self.spec, self.input_shape, self.num_classes)
 
     def loss_fn(self, batch_size: int, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -116,6 +125,8 @@ def model_target(entry: Any, index: int, dataset: Mapping[str, Any]) -> Target:
     where = f"models[{index}]"
     if isinstance(entry, str):
         entry = {"group": entry}
+    if isinstance(entry, dict) and "run" in entry:
+        return run_target(entry, where)
     if not isinstance(entry, dict):
         raise ConfigError(f"{where} must be a conf/model group name or a {{name|group: ...}} map: {entry!r}")
     overrides = {k: v for k, v in entry.items() if k not in ENTRY_KEYS}
@@ -142,6 +153,49 @@ def model_target(entry: Any, index: int, dataset: Mapping[str, Any]) -> Target:
     label = str(entry.get("label") or f"{name}/{conv}")
     pair_key = json.dumps({"model": rest, "shape": shape, "classes": num_classes}, sort_keys=True)
     return Target("model", label, conv, shape, num_classes, data_name, spec, pair_key)  # type: ignore[arg-type]
+
+
+def run_target(entry: Mapping[str, Any], where: str) -> Target:
+    """``{run: <run dir>, label?, pair_with?}``: the model a finished run trained, as it is (pruned or not).
+
+    It joins the pair of the registered model it was built from (same options, conv kind and input);
+    ``pair_with: <label>`` puts it in that entry's pair instead (e.g. a run trained with other options).
+    """
+    from dsconv.compression.runs import dataset_geometry, resolve_run
+
+    if unknown := sorted(set(entry) - set(RUN_KEYS)):
+        raise ConfigError(f"{where}: a run entry takes {', '.join(RUN_KEYS)}, not {', '.join(unknown)}")
+    run = resolve_run(entry["run"], key=f"{where}.run")
+    geometry = dataset_geometry(run.config.get("dataset") or {})
+    if geometry is None:
+        raise ConfigError(f"{where}.run={entry['run']}: its dataset's input shape is not known to the bench")
+    shape, num_classes = geometry
+    spec = dict(_plain(run.config.model))
+    conv = describe_conv(spec.get("conv", "standard"))
+    prune = _plain(run.config.get("prune")) or {}
+    what = f"pruned {prune.get('method', 'structured')}" if prune.get("from") else "trained"
+    label = str(entry.get("label") or f"{spec.get('name')}/{conv} {what} ({run.run_dir.name})")
+    builder = {k: v for k, v in spec.items() if k not in ("conv", "match", "match_to")}
+    pair_key = json.dumps({"model": builder, "shape": tuple(shape), "classes": num_classes}, sort_keys=True)
+    data_name = str(run.config.get("dataset", {}).get("name", "-"))
+    spec = {"run_dir": str(run.run_dir), "pair_with": entry.get("pair_with")}
+    return Target("run", label, conv, tuple(shape), num_classes, data_name, spec, pair_key)  # type: ignore[arg-type]
+
+
+def join_pairs(targets: list[Target]) -> list[Target]:
+    """Run entries with ``pair_with: <label>`` take that entry's pair key (checked: the label exists)."""
+    by_label = {t.label: t for t in targets}
+    joined = []
+    for target in targets:
+        partner = target.spec.get("pair_with") if target.kind == "run" else None
+        if partner is not None:
+            if partner not in by_label:
+                raise ConfigError(
+                    f"pair_with={partner!r} ({target.label}): no entry has that label; labels: {', '.join(by_label)}"
+                )
+            target = dataclasses.replace(target, pair_key=by_label[partner].pair_key)
+        joined.append(target)
+    return joined
 
 
 def layer_targets(entry: Any, index: int, bias: bool) -> list[Target]:

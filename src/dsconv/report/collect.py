@@ -187,7 +187,10 @@ def group_runs(runs: list[Run]) -> list[Group]:
         settings = group.settings
         # Name the model config and conv kind; then whatever else differs between groups.
         head = f"{group.model_choice} [{_conv_label(settings.get('model.conv', '-'))}]"
-        parts = [f"{_short(k)}={settings.get(k)}" for k in varying if not k.startswith(_KIND_KEY_PREFIXES)]
+        # Conv options a group does not set are the plain conv's defaults: naming them as None is noise.
+        named = [k for k in varying if not _named_elsewhere(k)]
+        named = [k for k in named if not (k.startswith("model.conv_options.") and settings.get(k) is None)]
+        parts = [f"{_short(k)}={settings.get(k)}" for k in named]
         group.label = ", ".join([head, *kind_tags(group.kinds), *parts])
     return sorted(result, key=lambda g: g.label)
 
@@ -197,7 +200,13 @@ def group_runs(runs: list[Run]) -> list[Group]:
 KIND_SETTINGS = {"match": ("model.width",), "prune": ("trainer.epochs", "trainer.early_stopping", "scheduler.")}
 
 # Keys named by ``kind_tags`` instead of key=value (model.name and model.conv are in the head already).
-_KIND_KEY_PREFIXES = ("model.name", "model.conv", "model.match", "distill.", "prune.", "run_kind.")
+_HEAD_KEYS = ("model.name", "model.conv")
+_KIND_KEY_PREFIXES = ("model.match", "distill.", "prune.", "run_kind.")
+
+
+def _named_elsewhere(key: str) -> bool:
+    # Exact for the head keys: model.conv_options.* must still name a DS variant with custom options.
+    return key in _HEAD_KEYS or key.startswith(_KIND_KEY_PREFIXES)
 
 
 def kind_tags(kinds: dict[str, dict[str, Any]]) -> list[str]:
@@ -259,4 +268,4 @@ def _short(key: str) -> str:
         "dataset.name": "dataset",
         "optimizer.name": "optimizer",
         "activation.name": "activation",
-    }.get(key, key)
+    }.get(key, key.removeprefix("model.conv_options."))

@@ -147,6 +147,11 @@ def _role_rank(text: str) -> int:
     return max(matches)[1] if matches else len(ROLE_ORDER)
 
 
+def _variant_name(group: Group) -> str:
+    """What sets a second row of the same role apart: its custom conv options, else its model config."""
+    return "custom conv options" if _plain_first(group)[0] else group.model_choice
+
+
 def _plain_first(group: Group) -> tuple[bool, str]:
     """The reference DS row is the one with default conv options (the plain SeparableConv2d)."""
     return (any(k.startswith("model.conv_options.") for k in group.settings), group.label)
@@ -164,7 +169,7 @@ def build_comparisons(groups: list[Group], bench: BenchResults | None = None) ->
             seen[text] = seen.get(text, 0) + 1
             if seen[text] > 1:
                 tags = kind_tags(group.kinds)
-                roles[index] = f"{text} ({tags[-1] if tags and text.endswith('KD') else group.model_choice})"
+                roles[index] = f"{text} ({tags[-1] if tags and text.endswith('KD') else _variant_name(group)})"
         ds = next((g for g, r in zip(members, roles) if r == "DS"), None)
         standard = next((g for g, r in zip(members, roles) if r == "standard"), None)
         comparison = ArchitectureComparison(_title(dict(key), members), dict(key))

@@ -7,6 +7,7 @@ sit outside the axes, where they cannot hide data.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: runs on servers and in CI
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from dsconv.report.collect import Group, _conv_label
 from dsconv.report.comparison import budget_text, role
@@ -35,6 +36,11 @@ PALETTE = {
 }
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 LEGEND_OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0), "borderaxespad": 0.0, "fontsize": 7}
+
+
+def legend_text(label: str, width: int = 48) -> str:
+    """A label wrapped onto lines of ``width`` characters: a long configuration must not squeeze the axes."""
+    return textwrap.fill(label, width, break_on_hyphens=False)
 
 
 def colour(group: Group) -> str:
@@ -104,10 +110,11 @@ def learning_curves(groups: list[Group], path: Path) -> Path | None:
                         color=colour(group),
                         marker=marker,
                         markersize=4,
-                        label=f"{group.label} ({split})",
+                        label=legend_text(f"{group.label} ({split})"),
                     )
     for ax, name in zip(axes, ("loss", "accuracy")):
         ax.set(xlabel="epoch", ylabel=name, title=f"{name}: train (dashed) vs val (solid), mean over seeds")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
     fig.suptitle(context(groups), fontsize=10)
     axes[1].legend(**LEGEND_OUTSIDE)
@@ -144,7 +151,7 @@ def pareto_figure(groups: list[Group], x_metric: str, x_label: str, bench: Bench
             yerr=yerr,
             fmt=MARKERS[index % len(MARKERS)],
             color=colour(group),
-            label=group.label,
+            label=legend_text(group.label),
             capsize=3,
         )
     front = sorted(
@@ -209,8 +216,8 @@ def per_class_f1(standard: Group, separable: Group, path: Path) -> Path | None:
     names = list(f_std)
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(max(6, len(names) * 0.7), 3.8))
-    ax.bar(x - 0.2, [f_std[n] for n in names], 0.4, label=standard.label, color=colour(standard))
-    ax.bar(x + 0.2, [f_sep.get(n, 0) for n in names], 0.4, label=separable.label, color=colour(separable))
+    ax.bar(x - 0.2, [f_std[n] for n in names], 0.4, label=legend_text(standard.label), color=colour(standard))
+    ax.bar(x + 0.2, [f_sep.get(n, 0) for n in names], 0.4, label=legend_text(separable.label), color=colour(separable))
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=45, ha="right")
     low = min(min(f_std.values()), min(f_sep.values()))
