@@ -9,6 +9,7 @@ Every generated block sits between two markers that name its source::
     <!-- table runtimes results/bench/runtime_pairs.csv -->  speedup and realised ratio per runtime
     <!-- table throughput results/speedrun/cifar_throughput.json -->  scripts/bench_train.py --json
     <!-- table roofline results/bench/roofline_summary.csv -->  per layer type, over all networks
+    <!-- table kdsweep results/kd_tuning/fashion_mnist -->  alpha x T on validation, test of the pick only
     <!-- table claims results -->                  the seeds' claims, held / not held, from every study
                                                    (results/*/metrics_comparison.json) and results/bench
     ...generated text...
@@ -174,6 +175,37 @@ def roofline_table(source: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def kd_sweep_table(source: Path) -> str:
+    """A distillation sweep (run dirs under ``source``): validation accuracy per (alpha, T); the test
+    accuracy of the configuration validation picks only, so the sweep never tunes on the test set."""
+    import yaml
+
+    rows = []
+    for metrics_path in sorted(source.glob("**/metrics.json")):
+        metrics = json.loads(metrics_path.read_text())
+        config = yaml.safe_load((metrics_path.parent / "config.yaml").read_text())
+        distill = config.get("distill") or {}
+        kind = "KD" if distill.get("teacher") else ("teacher" if config["model"]["conv"] == "standard" else "DS")
+        rows.append((kind, distill.get("alpha"), distill.get("temperature"), metrics))
+    order = {"teacher": 0, "DS": 1, "KD": 2}
+    rows.sort(key=lambda r: (order[r[0]], r[1] or 0, r[2] or 0))
+    students = [r for r in rows if r[0] != "teacher"]
+    chosen = max(students, key=lambda r: r[3]["best_val_acc"]) if students else None
+    lines = [
+        "| run | alpha | T | best val acc % | test acc % (the validation pick only) |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        kind, alpha, temperature, metrics = row
+        test = f"{100 * metrics['test_accuracy']:.2f}" if row is chosen or kind == "teacher" else ""
+        name = {"teacher": "teacher (standard)", "DS": "DS, no distillation", "KD": "DS + KD"}[kind]
+        if row is chosen:
+            name = f"**{name}** (picked)"
+        cells = [name, "—" if alpha is None else f"{alpha:g}", "—" if temperature is None else f"{temperature:g}"]
+        lines.append(f"| {' | '.join(cells)} | {100 * metrics['best_val_acc']:.2f} | {test} |")
+    return "\n".join(lines) + "\n"
+
+
 def claims_table(source: Path) -> str:
     from dsconv.report.claims import claims_markdown
 
@@ -190,6 +222,7 @@ KINDS = {
     "runtimes": best_runtime_table,
     "throughput": throughput_table,
     "roofline": roofline_table,
+    "kdsweep": kd_sweep_table,
 }
 
 

@@ -43,3 +43,26 @@ def test_blocks_are_regenerated_from_their_sources(tmp_path):
     assert readme_tables.render(out, tmp_path) == out  # regenerating is a fixed point
     with pytest.raises(SystemExit, match="does not exist"):
         readme_tables.render("<!-- table csv gone.csv -->\n<!-- /table -->\n", tmp_path)
+
+
+def test_kd_sweep_shows_test_accuracy_of_the_validation_pick_only(tmp_path):
+    import yaml
+
+    runs = {
+        "teacher": ({"conv": "standard"}, None, 0.90, 0.89),
+        "ds": ({"conv": "separable"}, None, 0.85, 0.84),
+        "sweep/0": ({"conv": "separable"}, {"teacher": "t", "alpha": 0.3, "temperature": 2.0}, 0.86, 0.70),
+        "sweep/1": ({"conv": "separable"}, {"teacher": "t", "alpha": 0.9, "temperature": 4.0}, 0.87, 0.80),
+    }
+    for name, (model, distill, val, test) in runs.items():
+        run = tmp_path / name
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text(yaml.safe_dump({"model": model, "distill": distill}))
+        (run / "metrics.json").write_text(json.dumps({"best_val_acc": val, "test_accuracy": test}))
+    lines = readme_tables.kd_sweep_table(tmp_path).splitlines()
+    assert lines[2:] == [
+        "| teacher (standard) | — | — | 90.00 | 89.00 |",
+        "| DS, no distillation | — | — | 85.00 |  |",
+        "| DS + KD | 0.3 | 2 | 86.00 |  |",  # its test accuracy (70%) is never shown: not the pick
+        "| **DS + KD** (picked) | 0.9 | 4 | 87.00 | 80.00 |",
+    ]
