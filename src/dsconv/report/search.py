@@ -127,13 +127,18 @@ def front_table(best: list[dict[str, Any]], rerun: dict[str, Any] | None) -> str
                     f"`{trial['label']}`" + (f" ({trial['corner']})" if trial["corner"] else ""),
                     *kinds,
                     f"{100 * trial['accuracy']:.2f}",
-                    f"{trial['cost']:,.6g}",
+                    f"{cost_text(trial['cost'])}",
                     rerun_cell(tested.get(trial["number"])),
                 ]
             )
             + " |"
         )
     return "\n".join(rows)
+
+
+def cost_text(value: float) -> str:
+    """MACs and parameters as whole numbers with separators, small costs (latency ms) to 3 digits."""
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
 
 
 def rerun_cell(entry: dict[str, Any] | None) -> str:
@@ -152,7 +157,7 @@ def corner_lines(trials: list[dict[str, Any]], best: list[dict[str, Any]]) -> li
         if corner is None:
             lines.append(f"- {name}: not among the completed trials.")
             continue
-        where = f"trial {corner['number']}: {100 * corner['accuracy']:.2f}% val at {corner['cost']:,.6g}"
+        where = f"trial {corner['number']}: {100 * corner['accuracy']:.2f}% val at {cost_text(corner['cost'])}"
         if any(t["number"] == corner["number"] for t in best):
             lines.append(f"- {name} ({where}) is on the front.")
             continue
@@ -161,7 +166,7 @@ def corner_lines(trials: list[dict[str, Any]], best: list[dict[str, Any]]) -> li
         ratio = corner["cost"] / winner["cost"] if winner["cost"] > 0 else math.inf
         lines.append(
             f"- {name} ({where}) is dominated: e.g. `{winner['label']}` (trial {winner['number']}) reaches "
-            f"{100 * winner['accuracy']:.2f}% at {winner['cost']:,.6g}, {ratio:.2f}x cheaper."
+            f"{100 * winner['accuracy']:.2f}% at {cost_text(winner['cost'])}, {ratio:.2f}x cheaper."
         )
     return lines
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from matplotlib.figure import Figure
@@ -23,9 +24,9 @@ def pareto_search_figure(trials: list[dict[str, Any]], best: list[dict[str, Any]
     ax.scatter(
         [t["cost"] for t in done],
         [100 * t["accuracy"] for t in done],
-        s=18,
+        s=22,
         color=PALETTE["other"],
-        alpha=0.35,
+        alpha=0.5,
         linewidths=0,
         label=f"all {len(done)} completed trials",
     )
@@ -33,20 +34,23 @@ def pareto_search_figure(trials: list[dict[str, Any]], best: list[dict[str, Any]
     # A staircase: between two front points, the cheaper one's accuracy is all that cost can buy.
     ax.step(xs, ys, where="post", color="black", linewidth=1, zorder=2)
     ax.scatter(xs, ys, s=30, color="black", zorder=3, label=f"front ({len(best)}, labelled by configuration)")
-    labelled: dict[str, int] = {}
-    for index, trial in enumerate(best):
+    labelled: set[str] = set()
+    middle = math.sqrt(min(xs) * max(xs)) if min(xs) > 0 else 0.0
+    for trial in best:
         if trial["label"] in labelled:  # the same configuration drawn twice: one label is enough
             continue
-        labelled[trial["label"]] = index
-        # Alternate above and below the staircase so neighbouring labels do not collide.
+        labelled.add(trial["label"])
+        # Alternate above and below the staircase so neighbouring labels do not collide; labels of the
+        # costlier half go to the left of their point so they stay inside the axes.
         above = len(labelled) % 2 == 1
+        left = trial["cost"] > middle and len(best) > 1
         ax.annotate(
             trial["label"],
             (trial["cost"], 100 * trial["accuracy"]),
-            xytext=(4, 7 if above else -11),
+            xytext=(-4 if left else 4, 7 if above else -11),
             textcoords="offset points",
             fontsize=7,
-            ha="left",
+            ha="right" if left else "left",
         )
     for name, style in CORNER_STYLE.items():
         corners = [t for t in done if t["corner"] == name]
@@ -60,6 +64,7 @@ def pareto_search_figure(trials: list[dict[str, Any]], best: list[dict[str, Any]
                 label=f"{name} corner (trial {', '.join(str(t['number']) for t in corners)})",
                 **style,
             )
+    ax.margins(x=0.06, y=0.08)  # room for the labels of the extreme points
     ax.set_xscale("log")
     readable_log_axis(ax.xaxis, [t["cost"] for t in done])
     cost = COST_LABELS.get(metric, metric)
