@@ -8,7 +8,8 @@ import pytest
 import torch.nn as nn
 from omegaconf import OmegaConf
 
-from dsconv.config import config_hash, validate_config
+from dsconv.config import validate_config
+from dsconv.config_views import config_hash
 from dsconv.errors import ConfigError
 from dsconv.layers.activations import act_layer_from_config
 from dsconv.paths import CONF_DIR

@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from dsconv.compression.distill import DistillationCriterion, build_distillation, distill_settings, distillation_loss
-from dsconv.config import config_hash
+from dsconv.config_views import config_hash
 from dsconv.errors import ConfigError
 from dsconv.registry import build_model
 from dsconv.training.checkpoint import atomic_save

@@ -5,15 +5,13 @@ Each failure is a ``ConfigError`` whose one line names the key, the bad value an
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from dsconv.config_views import walk_config
 from dsconv.errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -21,28 +19,6 @@ NAN_POLICIES = ("stop", "skip")
 # What a sweeper may optimise: selection metrics (validation) and costs. A test metric never: the test
 # set would then choose the model it is meant to judge.
 OBJECTIVE_METRICS = ("best_val_acc", "best_val_loss", "macs_per_image", "params_total", "latency_ms_b1")
-# Keys whose change makes a checkpoint meaningless for this run (used by resume checks).
-TRAINING_KEYS = (
-    "dataset",
-    "model",
-    "optimizer",
-    "scheduler",
-    "activation",
-    "trainer.batch_size",
-    "trainer.epochs",
-    "trainer.seed",
-    "trainer.precision",
-    "trainer.grad_clip",
-    "trainer.label_smoothing",
-    "trainer.deterministic",
-    "trainer.early_stopping",
-    "trainer.fast",
-)
-# Optional groups (added with +): part of the training view only when present, so runs without them
-# keep the checkpoints they had.
-OPTIONAL_TRAINING_KEYS = ("distill", "prune")  # model.match / model.match_to are inside "model"
-# Inside TRAINING_KEYS, but changing them cannot change what is trained.
-RESUME_IGNORED = ("dataset.download",)
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -70,7 +46,7 @@ def validate_config(cfg: DictConfig) -> None:
     _validate_numbers(cfg)
     _validate_model_shape(cfg.model)
     _validate_dataset(cfg.dataset)
-    for key, value in _walk(cfg.model, "model"):
+    for key, value in walk_config(cfg.model, "model"):
         if key.rsplit(".", 1)[-1].endswith("dropout") and value is not None:
             _require_fraction(value, key, hint="use a dropout probability in [0, 1)")
     if str(trainer.precision) not in PRECISIONS:
@@ -334,56 +310,6 @@ def resolve_device(spec: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"trainer.device={spec!r} is not supported: use auto, cpu, cuda or cuda:N")
     return device
-
-
-def config_hash(cfg: DictConfig, keys: tuple[str, ...] = TRAINING_KEYS) -> str:
-    """A short hash of the training-relevant part of the config."""
-    return hashlib.sha256(json.dumps(training_view(cfg, keys), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def training_view(cfg: DictConfig, keys: tuple[str, ...] = TRAINING_KEYS) -> dict[str, Any]:
-    view = {}
-    for key in (*keys, *(k for k in OPTIONAL_TRAINING_KEYS if k in cfg)):
-        value = OmegaConf.select(cfg, key)
-        view[key] = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
-    return view
-
-
-def flat_training_config(cfg: DictConfig) -> dict[str, Any]:
-    """The training view as ``{"optimizer.lr": 0.001, ...}``: a checkpoint stores it so a resume can
-    name exactly which keys differ."""
-    out: dict[str, Any] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{prefix}.{key}")
-        elif not any(prefix == k or prefix.startswith(k + ".") for k in RESUME_IGNORED):
-            out[prefix] = node
-
-    for key, value in training_view(cfg).items():
-        walk(value, key)
-    return out
-
-
-def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
-    """Scalar hyper-parameters for TensorBoard's HParams tab (lists become strings)."""
-    out: dict[str, Any] = {}
-    for group in ("dataset", "model", "optimizer", "scheduler", "activation", "trainer"):
-        for key, value in _walk(cfg[group], group):
-            if isinstance(value, bool | int | float | str):
-                out[key] = value
-            elif value is not None:
-                out[key] = str(value)
-    return out
-
-
-def _walk(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
-    if isinstance(node, DictConfig):
-        for key in node:
-            yield from _walk(node[key], f"{prefix}.{key}")
-    else:
-        yield prefix, OmegaConf.to_container(node) if OmegaConf.is_list(node) else node
 
 
 def _require_interval(value: Any, key: str, kind: str, interval: str, hint: str) -> None:

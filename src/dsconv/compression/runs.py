@@ -63,8 +63,8 @@ def resolve_run(path: str | Path, *, key: str) -> RunRef:
 
 
 def run_identity(run: RunRef) -> dict[str, Any]:
-    """The run's config hash (``dsconv.config.config_hash``) and test accuracy (metrics.json; None if absent)."""
-    from dsconv.config import config_hash
+    """The run's config hash (``dsconv.config_views.config_hash``) and test accuracy (metrics.json; None if absent)."""
+    from dsconv.config_views import config_hash
 
     accuracy = None
     metrics_path = run.run_dir / "metrics.json"

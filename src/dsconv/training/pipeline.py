@@ -19,7 +19,7 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dsconv import distributed
-from dsconv.config import config_hash
+from dsconv.config_views import config_hash
 from dsconv.data import DatasetSplits, load_dataset
 from dsconv.errors import ConfigError
 from dsconv.layers.activations import act_layer_from_config

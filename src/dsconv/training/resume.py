@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from dsconv.config import config_hash, flat_training_config
+from dsconv.config_views import config_hash, flat_training_config
 from dsconv.distributed import LaunchEnv
 from dsconv.errors import ConfigError
 from dsconv.training.checkpoint import CheckpointError, load_checkpoint, previous_path, remove_stale_temporaries

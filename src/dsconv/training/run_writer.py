@@ -121,7 +121,7 @@ class RunWriter(RunCallback):
         purge = resume_epoch + 1 if resume_epoch is not None else None
         self.tensorboard = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=purge)
         if resume_epoch is None:  # a resumed run keeps the records of its first start
-            from dsconv.config import flat_hparams
+            from dsconv.config_views import flat_hparams
             from dsconv.evaluation.run_outputs import log_graph, log_scalar_layout, log_session_start
 
             log_scalar_layout(self.tensorboard)

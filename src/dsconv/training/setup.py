@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig
 
-from dsconv.config import flat_training_config
+from dsconv.config_views import flat_training_config
 from dsconv.data import BatchAugment, DatasetSplits, DeviceBatches, Normalize
 from dsconv.data.loader import shard
 from dsconv.distributed import per_rank_batch_size
