@@ -35,11 +35,13 @@ def test_blocks_are_regenerated_from_their_sources(tmp_path):
             for name, t in (("dsconv", 5.0), ("plain", 10.0))
         },
     }
+    speedrun["dsconv"].update(median_startup_s=1.5, median_fit_s=2.25, median_after_fit_s=1.25)
     (tmp_path / "s.json").write_text(json.dumps(speedrun))
     text = "intro\n<!-- table csv a.csv -->\nstale\n<!-- /table -->\n<!-- table speedrun s.json -->\n<!-- /table -->\n"
     out = readme_tables.render(text, tmp_path)
     assert "| run | acc |\n|---|---|\n| x | 0.988 |\n" in out and "stale" not in out
     assert "**0.50x**" in out and "| plain script | 10.00 (10.00–10.00) | — | — | — | 99.00 | 1 |" in out
+    assert "| `dsconv-train experiment=mnist_speedrun` | 5.00 (5.00–5.00) | 1.50 | 2.25 | 1.25 | 99.00 | 1 |" in out
     assert readme_tables.render(out, tmp_path) == out  # regenerating is a fixed point
     with pytest.raises(SystemExit, match="does not exist"):
         readme_tables.render("<!-- table csv gone.csv -->\n<!-- /table -->\n", tmp_path)
