@@ -20,7 +20,7 @@ DEMO_ARGS ?= trainer.batch_size=16 trainer.eval_batch_size=256 optimizer.lr=5e-3
 	trainer.num_threads=$(DEMO_THREADS) trainer.progress_bar=false \
 	hydra/job_logging=demo hydra.hydra_logging.root.level=WARNING
 
-.PHONY: install demo test lint bench bench-train bench-scratch clean
+.PHONY: install demo test lint bench bench-train bench-scratch study clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -49,6 +49,13 @@ lint: install
 
 bench: install
 	$(PY) scripts/bench.py
+
+# `make study STUDY_DATASET=fashion_mnist`: the six-variant study of one dataset into results/<dataset>/
+# (a killed study resumes with the same command). The defaults are the budget the README reports.
+STUDY_DATASET ?= mnist
+STUDY_ARGS ?= trainer.num_threads=1 --epochs 3 --seeds 0 1 2
+study: install
+	$(PY) scripts/study.py $(STUDY_DATASET) $(STUDY_ARGS)
 
 bench-scratch: install
 	$(PY) scripts/bench_scratch.py
