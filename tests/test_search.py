@@ -277,7 +277,7 @@ def test_rerun_dry_run_gives_plain_runs_of_the_front(killed_and_resumed, capsys)
     best = front(load_trials(sweep))
     assert rerun.main([str(sweep), "--dry-run", "--override", "trainer.epochs=2"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 3 * len(best)
+    assert len(lines) == 3 * len(rerun.distinct_configurations(best)[0])  # a repeated configuration runs once
     first = best[0]
     expected = [
         *sorted([o for o in TINY if not o.startswith("search.")] + [f"paths.output_dir={sweep.parents[1]}"]),
@@ -311,3 +311,19 @@ def test_report_on_a_search_writes_its_front_plot_and_table(killed_and_resumed, 
     again = tmp_path / "again"
     assert report_main([str(out), "--out", str(again)]) == 0
     assert (again / "report.md").read_text() == text
+
+
+def test_a_configuration_proposed_twice_is_re_run_once():
+    def trial(number, width):
+        return {
+            "number": number,
+            "conv": ["separable"] * 3,
+            "kernel_size": [3] * 3,
+            "depth_multiplier": 1,
+            "width": width,
+        }
+
+    trials = [trial(4, 0.5), trial(9, 1.0), trial(12, 0.5), trial(30, 0.5)]
+    distinct, copies = rerun.distinct_configurations(trials)
+    assert [t["number"] for t in distinct] == [4, 9]
+    assert {k: [t["number"] for t in v] for k, v in copies.items()} == {4: [12, 30]}

@@ -38,6 +38,25 @@ def architecture_overrides(trial: dict[str, Any]) -> list[str]:
     ]
 
 
+def architecture_key(trial: dict[str, Any]) -> tuple:
+    return (tuple(trial["conv"]), tuple(trial["kernel_size"]), trial["depth_multiplier"], float(trial["width"]))
+
+
+def distinct_configurations(
+    trials: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], dict[int, list[dict[str, Any]]]]:
+    """The first trial of each distinct architecture, and for each of those the later trials that repeat it."""
+    first: dict[tuple, dict[str, Any]] = {}
+    copies: dict[int, list[dict[str, Any]]] = {}
+    for trial in trials:
+        key = architecture_key(trial)
+        if key in first:
+            copies.setdefault(first[key]["number"], []).append(trial)
+        else:
+            first[key] = trial
+    return list(first.values()), copies
+
+
 def base_overrides(task_overrides: list[str]) -> list[str]:
     """The search's own overrides minus the search itself and the seed (each re-run sets its own)."""
     dropped = ("hparams_search", "search", "hydra", "objective", "trainer.seed")
@@ -140,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = args.out or args.sweep_dir / RERUN_DIR
-    commands = run_commands(args.sweep_dir, chosen, seeds, args.override, out)
+    distinct, copies = distinct_configurations(chosen)
+    order = {t["number"]: i for i, t in enumerate(chosen)}
+    commands = run_commands(args.sweep_dir, distinct, seeds, args.override, out)
     failed = []
     for _trial, _seed, run_dir, command in commands:
         if args.dry_run:
@@ -152,7 +173,10 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(run_dir)
     if args.dry_run:
         return 0
-    summary = summarize(args.sweep_dir, [(t, s, d) for t, s, d, _ in commands], seeds)
+    runs = [(t, s, d) for t, s, d, _ in commands]
+    # A configuration NSGA-II proposed twice is trained once; each copy reports the same re-runs.
+    runs += [(copy, s, d) for t, s, d in list(runs) for copy in copies.get(t["number"], [])]
+    summary = summarize(args.sweep_dir, sorted(runs, key=lambda r: order[r[0]["number"]]), seeds)
     out.mkdir(parents=True, exist_ok=True)
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n")
     print(table(summary))
