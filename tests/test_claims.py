@@ -73,7 +73,7 @@ def test_each_rule_at_its_threshold(tmp_path):
         ["net (close)", "7.00x fewer parameters, 8.00x fewer MACs", "**held** |"],
         ["net (far)", "6.99x fewer parameters, 8.00x fewer MACs", "**not held** |"],
         ["net (close)", "DS − standard = -1.00 points (n=3, Welch p = 0.2)", "**held** |"],
-        ["net (far)", "DS − standard = -1.01 points (n=1)", "**not held** |"],
+        ["net (far)", "DS − standard = -1.01 points (n=1)", "**not held** (1 seed: no test possible) |"],
         ["a", "1.31x at batch 1, 1.30x at batch 32", "**held** |"],
         ["b", "1.50x at batch 1, 1.29x at batch 32", "**not held** |"],
         ["a", "inference 100.0 → 90.0 MiB, training step 200.0 → 190.0 MiB", "**held** |"],

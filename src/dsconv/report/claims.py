@@ -71,7 +71,8 @@ def accuracy_claims(studies: Sequence[Path]) -> list[tuple[str, str, str]]:
         n = min(int(pair["test"]["n_a"]), int(pair["test"]["n_b"]))
         test = f", Welch p = {p:.2g}" if p is not None else ""
         name = f"{pair['standard'].split(' [')[0]} ({study.name})"
-        out.append((name, f"DS − standard = {100 * diff:+.2f} points (n={n}{test})", _verdict(diff >= -ACCURACY_RULE)))
+        verdict = _verdict(diff >= -ACCURACY_RULE) + (" (1 seed: no test possible)" if n < 2 else "")
+        out.append((name, f"DS − standard = {100 * diff:+.2f} points (n={n}{test})", verdict))
     return out
 
 
