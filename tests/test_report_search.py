@@ -73,3 +73,14 @@ def test_write_search_report_returns_what_it_wrote(tmp_path):
     (tmp_path / "trials.json").write_text(json.dumps(TRIALS))
     written = write_search_report(tmp_path, tmp_path / "out")
     assert written["trials"] == 5 and written["front"] == 2
+
+
+def test_labels_of_overlapping_front_points_are_merged_once():
+    from dsconv.report.search_plot import label_groups
+
+    def point(label, accuracy, cost):
+        return {"label": label, "accuracy": accuracy, "cost": cost}
+
+    best = [point("A", 0.70, 100), point("B", 0.702, 110), point("B", 0.702, 110), point("C", 0.80, 120)]
+    groups = label_groups(best)  # accuracy range 0.10: A and B are 2% of it apart, C is far above
+    assert [(anchor["label"], text) for anchor, text in groups] == [("B", "B\nA"), ("C", "C")]

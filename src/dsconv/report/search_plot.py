@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from matplotlib.figure import Figure
@@ -34,23 +33,18 @@ def pareto_search_figure(trials: list[dict[str, Any]], best: list[dict[str, Any]
     # A staircase: between two front points, the cheaper one's accuracy is all that cost can buy.
     ax.step(xs, ys, where="post", color="black", linewidth=1, zorder=2)
     ax.scatter(xs, ys, s=30, color="black", zorder=3, label=f"front ({len(best)}, labelled by configuration)")
-    labelled: set[str] = set()
-    middle = math.sqrt(min(xs) * max(xs)) if min(xs) > 0 else 0.0
-    for trial in best:
-        if trial["label"] in labelled:  # the same configuration drawn twice: one label is enough
-            continue
-        labelled.add(trial["label"])
-        # Alternate above and below the staircase so neighbouring labels do not collide; labels of the
-        # costlier half go to the left of their point so they stay inside the axes.
-        above = len(labelled) % 2 == 1
-        left = trial["cost"] > middle and len(best) > 1
+    for index, (anchor, text) in enumerate(label_groups(best)):
+        # The staircase runs right, then up into each point, so the space up and to the left of a point
+        # is free; the cheapest point's label goes to its right to stay inside the axes.
+        first = index == 0
         ax.annotate(
-            trial["label"],
-            (trial["cost"], 100 * trial["accuracy"]),
-            xytext=(-4 if left else 4, 7 if above else -11),
+            text,
+            (anchor["cost"], 100 * anchor["accuracy"]),
+            xytext=(4 if first else -4, 4),
             textcoords="offset points",
             fontsize=7,
-            ha="right" if left else "left",
+            ha="left" if first else "right",
+            va="bottom",
         )
     for name, style in CORNER_STYLE.items():
         corners = [t for t in done if t["corner"] == name]
@@ -74,3 +68,26 @@ def pareto_search_figure(trials: list[dict[str, Any]], best: list[dict[str, Any]
     ax.grid(alpha=0.3, which="major")
     ax.legend(**LEGEND_OUTSIDE)
     return fig
+
+
+def label_groups(best: list[dict[str, Any]], near_cost: float = 1.3, near_accuracy: float = 0.04) -> list[tuple]:
+    """(anchor trial, label text) per cluster of front points whose labels would overlap.
+
+    Consecutive front points closer than ``near_cost`` (cost ratio) and ``near_accuracy`` (fraction of the
+    front's accuracy range) share one multi-line label at the costliest of them; a configuration the
+    search proposed twice is named once.
+    """
+    spread = max(t["accuracy"] for t in best) - min(t["accuracy"] for t in best) or 1.0
+    clusters: list[list[dict[str, Any]]] = []
+    for trial in best:
+        last = clusters[-1][-1] if clusters else None
+        close = (
+            last is not None
+            and trial["cost"] <= near_cost * last["cost"]
+            and abs(trial["accuracy"] - last["accuracy"]) <= near_accuracy * spread
+        )
+        if close:
+            clusters[-1].append(trial)
+        else:
+            clusters.append([trial])
+    return [(cluster[-1], "\n".join(dict.fromkeys(t["label"] for t in reversed(cluster)))) for cluster in clusters]
