@@ -10,6 +10,7 @@ Every generated block sits between two markers that name its source::
     <!-- table throughput results/speedrun/cifar_throughput.json -->  scripts/bench_train.py --json
     <!-- table roofline results/bench/roofline_summary.csv -->  per layer type, over all networks
     <!-- table kdsweep results/kd_tuning/fashion_mnist -->  alpha x T on validation, test of the pick only
+    <!-- table sizes results/bench/results.csv -->  exact params and MACs of every benchmarked network
     <!-- table claims results -->                  the seeds' claims, held / not held, from every study
                                                    (results/*/metrics_comparison.json) and results/bench
     ...generated text...
@@ -206,6 +207,33 @@ def kd_sweep_table(source: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sizes_table(source: Path) -> str:
+    """Exact sizes of every benchmarked network (``results.csv`` of a bench run), with the pairs' ratios."""
+    with source.open(newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["kind"] == "model"]
+    seen: dict[str, dict[str, str]] = {}
+    for row in rows:
+        seen.setdefault(row["target"], row)
+    lines = [
+        "| network | input | conv | params | conv+linear MACs/image | fvcore MACs/image |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in seen.values():
+        cells = [f"`{row['target']}`", row["input_shape"], row["conv"]]
+        cells += [f"{int(float(row[key])):,}" for key in ("params", "macs_per_image", "fvcore_macs_per_image")]
+        lines.append("| " + " | ".join(cells) + " |")
+    ratios = []
+    for pair in dict.fromkeys(r["pair"] for r in seen.values()):
+        members = [r for r in seen.values() if r["pair"] == pair]
+        base = next((r for r in members if r["conv"] == "standard"), None)
+        for other in (r for r in members if r is not base and base is not None):
+            macs = float(base["macs_per_image"]) / float(other["macs_per_image"])
+            fvcore = float(base["fvcore_macs_per_image"]) / float(other["fvcore_macs_per_image"])
+            params = float(base["params"]) / float(other["params"])
+            ratios.append(f"{pair}: {params:.2f}x fewer parameters, {macs:.2f}x fewer MACs ({fvcore:.2f}x by fvcore)")
+    return "\n".join(lines) + "\n\nStandard / DS: " + "; ".join(ratios) + ".\n"
+
+
 def claims_table(source: Path) -> str:
     from dsconv.report.claims import claims_markdown
 
@@ -223,6 +251,7 @@ KINDS = {
     "throughput": throughput_table,
     "roofline": roofline_table,
     "kdsweep": kd_sweep_table,
+    "sizes": sizes_table,
 }
 
 

@@ -68,3 +68,20 @@ def test_kd_sweep_shows_test_accuracy_of_the_validation_pick_only(tmp_path):
         "| DS + KD | 0.3 | 2 | 86.00 |  |",  # its test accuracy (70%) is never shown: not the pick
         "| **DS + KD** (picked) | 0.9 | 4 | 87.00 | 80.00 |",
     ]
+
+
+def test_sizes_table_reads_the_bench_counts(tmp_path):
+    rows = [
+        ("model", "net/standard", "net", "standard", 100, 800, 900),
+        ("model", "net/separable", "net", "separable", 25, 100, 150),
+        ("layer", "conv/standard", "conv", "standard", 1, 1, 1),  # single layers are not networks
+    ]
+    header = "kind,target,pair,conv,input_shape,params,macs_per_image,fvcore_macs_per_image\n"
+    body = "".join(f"{k},{t},{p},{c},1x8x8,{n},{m},{f}\n" for k, t, p, c, n, m, f in rows)
+    (tmp_path / "results.csv").write_text(header + body + body)  # every setting repeats the counts
+    lines = readme_tables.sizes_table(tmp_path / "results.csv").splitlines()
+    assert lines[2:4] == [
+        "| `net/standard` | 1x8x8 | standard | 100 | 800 | 900 |",
+        "| `net/separable` | 1x8x8 | separable | 25 | 100 | 150 |",
+    ]
+    assert lines[-1] == "Standard / DS: net: 4.00x fewer parameters, 8.00x fewer MACs (6.00x by fvcore)."
