@@ -13,9 +13,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dsconv.config_views import walk_config
 from dsconv.errors import ConfigError
+from dsconv.training.settings import NAN_POLICIES
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-NAN_POLICIES = ("stop", "skip")
 # What a sweeper may optimise: selection metrics (validation) and costs. A test metric never: the test
 # set would then choose the model it is meant to judge.
 OBJECTIVE_METRICS = ("best_val_acc", "best_val_loss", "macs_per_image", "params_total", "latency_ms_b1")

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
+
+import torch
+
+NAN_POLICIES = ("stop", "skip")
 
 
 @dataclass(frozen=True)
@@ -22,6 +27,10 @@ class TrainerSettings:
     handle_signals: bool = True
     resume_hint: str | None = None  # the command shown when a signal interrupts training
 
+    def __post_init__(self) -> None:
+        if self.nan_policy not in NAN_POLICIES:
+            raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {self.nan_policy!r}")
+
     @classmethod
     def from_config(cls, tcfg: Any, precision: str, compile_model: bool, resume_hint: str) -> TrainerSettings:
         """``precision``/``compile_model``: as resolved for the device (``trainer.fast``, see ``SpeedSettings``)."""
@@ -36,3 +45,11 @@ class TrainerSettings:
             max_skipped_steps=int(tcfg.max_skipped_steps),
             resume_hint=resume_hint,
         )
+
+
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for bf16/fp16, nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -28,7 +28,6 @@ order; only rank 0 writes. A group's checkpoint holds every rank's RNG and in-ep
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import math
@@ -49,7 +48,7 @@ from dsconv.training.checkpoint import atomic_save, rng_state
 from dsconv.training.criterion import Criterion, CrossEntropyCriterion
 from dsconv.training.faults import GracefulStop, NonFiniteLossError, TrainingInterrupted
 from dsconv.training.optim import Schedule
-from dsconv.training.settings import TrainerSettings
+from dsconv.training.settings import TrainerSettings, autocast_context
 from dsconv.training.state import (  # noqa: F401  (EvalResult, LOG_FIELDS: re-exported)
     LOG_FIELDS,
     EarlyStopping,
@@ -63,14 +62,6 @@ from dsconv.training.state import (  # noqa: F401  (EvalResult, LOG_FIELDS: re-e
 
 __all__ = ["CrossEntropyCriterion", "EarlyStopping", "EvalResult", "Trainer", "TrainerSettings"]
 log = logging.getLogger(__name__)
-NAN_POLICIES = ("stop", "skip")
-
-
-def autocast_context(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 class Trainer:
@@ -90,8 +81,6 @@ class Trainer:
         on_epoch_end: Callable[[dict[str, float]], None] | None = None,
         extra_state: dict[str, Any] | None = None,
     ) -> None:
-        if settings.nan_policy not in NAN_POLICIES:
-            raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {settings.nan_policy!r}")
         self.model, self.optimizer, self.schedule, self.settings = model, optimizer, schedule, settings
         self.device = device
         self.epochs = settings.epochs
