@@ -78,10 +78,6 @@ def front_table(source: Path) -> str:
     from dsconv.report.search import front_table as table
     from dsconv.search.front import front
 
-    if not (source / "trials.json").is_file():  # an older search report: its front only, no corners
-        rerun_path = source / "rerun.json"
-        rerun = json.loads(rerun_path.read_text()) if rerun_path.is_file() else None
-        return table(json.loads((source / "front.json").read_text()), rerun) + "\n"
     trials, rerun = read_search(source)
     best = front(trials)
     return table(best, rerun) + "\n\n" + "\n".join(corner_lines(trials, best)) + "\n"

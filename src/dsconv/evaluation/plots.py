@@ -77,7 +77,6 @@ def sample_predictions_figure(
     order = prediction_order(preds, labels, count)
     cols = 8
     rows = max(1, -(-len(order) // cols))
-    sample = images[order].cpu() if order else images[:0].cpu()
     height, width = images.shape[-2:]
     gap, top = max(2, height // 14), max(8, height // 3)  # top: the caption band, two lines of 7-pt text
     tile_h, tile_w = top + height + gap, width + gap
@@ -87,7 +86,7 @@ def sample_predictions_figure(
     ax = fig.add_subplot()
     ax.axis("off")
     if order:  # one image for all tiles: one axes to lay out instead of 24
-        ax.imshow(mosaic(sample, cols, gap, top), interpolation="nearest")
+        ax.imshow(mosaic(images[order].cpu(), cols, gap, top), interpolation="nearest")
     for position, idx in enumerate(order):
         row, col = divmod(position, cols)
         colour = "green" if preds[idx] == labels[idx] else "red"

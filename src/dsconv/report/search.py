@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -82,9 +83,7 @@ def write_search_report(path: Path, out: Path) -> dict[str, Any]:
 
 
 def search_markdown(trials: list[dict[str, Any]], best: list[dict[str, Any]], rerun: dict[str, Any] | None) -> str:
-    states: dict[str, int] = {}
-    for trial in trials:
-        states[trial["state"]] = states.get(trial["state"], 0) + 1
+    states = Counter(trial["state"] for trial in trials)
     metric = best[0]["cost_metric"]
     lines = [
         "# Pareto search",
