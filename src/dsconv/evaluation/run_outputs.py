@@ -19,6 +19,7 @@ does not pay for it.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -27,6 +28,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 
@@ -152,9 +154,15 @@ def log_tensorboard_summary(writer: Any, *, report_text: str, flop_table: str, s
 
 
 def log_graph(writer: Any, model: torch.nn.Module, example: torch.Tensor) -> None:
+    """TensorBoard's graph of ``model``, traced without torch.jit's check run.
+
+    The check runs the model again and compares outputs through ``torch.testing``, which imports
+    ``torch.distributed.tensor`` (~0.5 s here) for a model whose outputs the run has just evaluated.
+    """
+    trace = functools.partial(torch.jit.trace, check_trace=False)
     try:
-        with warnings.catch_warnings():  # add_graph traces with torch.jit, which warns that it is deprecated
-            warnings.simplefilter("ignore", FutureWarning)
+        with warnings.catch_warnings(), mock.patch.object(torch.jit, "trace", trace):
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit warns that it is deprecated
             writer.add_graph(model, example)
     except Exception as exc:  # tracing fails for some dynamic models; the run is still useful
         log.warning("TensorBoard graph skipped: %s", str(exc).splitlines()[0] if str(exc) else exc)

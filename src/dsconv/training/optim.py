@@ -16,6 +16,7 @@ import torch.nn as nn
 from torch.optim import lr_scheduler
 
 from dsconv.errors import ConfigError
+from dsconv.training.dynamo_import import optimizer_class
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULERS = ("none", "cosine", "onecycle", "step", "plateau")
@@ -56,10 +57,11 @@ def parameter_groups(model: nn.Module, weight_decay: float, norm_weight_decay: f
 
 
 def build_optimizer(
-    model: nn.Module | Iterable[torch.Tensor], cfg: Any, fused: bool | None = None
+    model: nn.Module | Iterable[torch.Tensor], cfg: Any, fused: bool | None = None, compiled: bool = False
 ) -> torch.optim.Optimizer:
     """The ``optimizer`` group's optimizer. Given a module, its parameters are grouped by weight decay
-    (``optimizer.norm_weight_decay``); given bare parameters, they form one group."""
+    (``optimizer.norm_weight_decay``); given bare parameters, they form one group. Unless the run
+    compiles, the class skips torch.optim's import of ``torch._dynamo`` (see ``dynamo_import``)."""
     name = str(cfg.name)
     lr, weight_decay = float(cfg.lr), float(cfg.weight_decay)
     if isinstance(model, nn.Module):
@@ -70,15 +72,15 @@ def build_optimizer(
     # foreach/fused kernels update all parameters in a few launches instead of one per tensor.
     impl = {"fused": True} if fused else {"foreach": True}
     if name in ("adam", "adamw"):
-        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        cls = optimizer_class(torch.optim.Adam if name == "adam" else torch.optim.AdamW, compiled)
         return cls(params, lr=lr, betas=tuple(cfg.betas), eps=float(cfg.eps), **impl)
     if name == "sgd":
         momentum, nesterov = float(cfg.momentum), bool(cfg.nesterov)
         if nesterov and momentum <= 0:
             raise ConfigError("optimizer.nesterov=true needs optimizer.momentum > 0")
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, **impl)
+        return optimizer_class(torch.optim.SGD, compiled)(params, lr=lr, momentum=momentum, nesterov=nesterov, **impl)
     if name == "rmsprop":
-        return torch.optim.RMSprop(
+        return optimizer_class(torch.optim.RMSprop, compiled)(
             params, lr=lr, alpha=float(cfg.alpha), momentum=float(cfg.momentum), eps=float(cfg.eps), foreach=True
         )
     raise ConfigError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")

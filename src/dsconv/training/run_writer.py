@@ -94,9 +94,12 @@ class RunWriter(RunCallback):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.tensorboard: Any = None
         self.data: DatasetSplits | None = None
+        self.model: nn.Module | None = None
+        self.example: torch.Tensor | None = None
+        self._board_args: tuple[int | None, bool] | None = None
 
     def on_start(self, model: nn.Module, data: DatasetSplits, example: torch.Tensor, resume_epoch: int | None) -> None:
-        cfg, self.data = self.cfg, data
+        cfg, self.data, self.model = self.cfg, data, model
         (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         self.complexity = info = describe_model(model, data.input_shape)
         (self.run_dir / "model_summary.txt").write_text(info.summary + "\n\n" + info.flop_table + "\n")
@@ -113,23 +116,31 @@ class RunWriter(RunCallback):
         )
         if cfg.trainer.verbose:
             log.info("\n%s", info.summary)
-        if not cfg.tensorboard:
-            return
-        from torch.utils.tensorboard import SummaryWriter
+        self.example = example
+        if cfg.tensorboard:  # opened at the first epoch's end (see _board)
+            self._board_args = (resume_epoch + 1 if resume_epoch is not None else None, resume_epoch is None)
 
-        # On resume, events past the checkpoint's epoch are hidden so curves do not fold back.
-        purge = resume_epoch + 1 if resume_epoch is not None else None
-        self.tensorboard = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=purge)
-        if resume_epoch is None:  # a resumed run keeps the records of its first start
-            from dsconv.config_views import flat_hparams
-            from dsconv.evaluation.run_outputs import log_graph, log_scalar_layout, log_session_start
+    def _board(self) -> Any:
+        """The run's SummaryWriter, opened on first use: after the first epoch, not before the first
+        step, so importing TensorBoard (~0.2 s; a background thread does it while training runs) is
+        not start-up. On resume, events past the checkpoint's epoch are hidden so curves do not fold back.
+        """
+        if self.tensorboard is None and self._board_args is not None:
+            from torch.utils.tensorboard import SummaryWriter
 
-            log_scalar_layout(self.tensorboard)
-            log_session_start(self.tensorboard, flat_hparams(cfg))  # the HParams row shows while it trains
-            log_graph(self.tensorboard, model.eval(), example)
+            purge, fresh = self._board_args
+            self._board_args = None
+            self.tensorboard = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=purge)
+            if fresh:  # a resumed run keeps the records of its first start
+                from dsconv.config_views import flat_hparams
+                from dsconv.evaluation.run_outputs import log_scalar_layout, log_session_start
+
+                log_scalar_layout(self.tensorboard)
+                log_session_start(self.tensorboard, flat_hparams(self.cfg))  # the HParams row shows while it trains
+        return self.tensorboard
 
     def on_epoch_end(self, row: dict[str, float]) -> None:
-        writer = self.tensorboard
+        writer = self._board()
         if writer is None:
             return
         epoch = int(row["epoch"])
@@ -144,7 +155,7 @@ class RunWriter(RunCallback):
 
     def on_failure(self, history: list[dict[str, float]]) -> None:
         """A diverged run still leaves its curves up to the last good epoch (training_log.csv stays too)."""
-        if self.tensorboard is not None:  # the HParams row says the run failed instead of looking unfinished
+        if self._board() is not None:  # the HParams row says the run failed instead of looking unfinished
             from dsconv.evaluation.run_outputs import log_session_end
 
             log_session_end(self.tensorboard, {}, int(history[-1]["epoch"]) if history else 0, succeeded=False)
@@ -179,7 +190,7 @@ class RunWriter(RunCallback):
             test_labels=self.data.test.labels,
             test_logits=test.logits,
             title=f"{self.cfg.model.name} ({metrics['conv']})",
-            writer=self.tensorboard,
+            writer=self._board(),
         )
         if self.tensorboard is not None:
             self._summarize(metrics, cls, history, test)
@@ -190,13 +201,16 @@ class RunWriter(RunCallback):
     ) -> None:
         from dsconv.evaluation.run_outputs import (
             classification_report_text,
+            log_graph,
             log_pr_curves,
             log_session_end,
             log_tensorboard_summary,
         )
 
-        assert self.complexity is not None and self.data is not None
+        assert self.complexity is not None and self.data is not None and self.model is not None
         step = int(history[-1]["epoch"]) if history else 0
+        # Traced after the metrics are on disk, not before the first step.
+        log_graph(self.tensorboard, self.model.eval(), self.example)
         log_pr_curves(self.tensorboard, test.logits, test.labels, self.data.classes, step)
         log_tensorboard_summary(
             self.tensorboard,

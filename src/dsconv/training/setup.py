@@ -175,6 +175,6 @@ def build_components(
     test_batches = DeviceBatches(
         shard(test_split, rank, world_size), eval_bs, normalize, channels_last=speed.channels_last
     )
-    optimizer = build_optimizer(model, cfg.optimizer, fused=speed.fused_optimizer)
+    optimizer = build_optimizer(model, cfg.optimizer, fused=speed.fused_optimizer, compiled=speed.compile)
     schedule = build_scheduler(optimizer, cfg.scheduler, int(tcfg.epochs), len(train_batches))
     return RunComponents(model, train_batches, val_batches, test_batches, data_gen, optimizer, schedule, speed)
