@@ -7,6 +7,7 @@ Every generated block sits between two markers that name its source::
     <!-- table front results/search/fashion_mnist -->     dsconv-report of a Pareto search (trials.json, rerun.json)
     <!-- table csv results/bench/runtime_pairs.csv -->    any CSV file, as a markdown table
     <!-- table runtimes results/bench/runtime_pairs.csv -->  speedup and realised ratio per runtime
+    <!-- table beforeafter results/speedrun/startup_ab.json -->  two commits' whole-process runs, alternating
     <!-- table throughput results/speedrun/cifar_throughput.json -->  scripts/bench_train.py --json
     <!-- table roofline results/bench/roofline_summary.csv -->  per layer type, over all networks
     <!-- table kdsweep results/kd_tuning/fashion_mnist -->  alpha x T on validation, test of the pick only
@@ -28,6 +29,7 @@ import csv
 import io
 import json
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -70,6 +72,23 @@ def speedrun_table(source: Path) -> str:
 
 
 PHASES = ("startup_s", "fit_s", "after_fit_s")
+
+
+def before_after_table(source: Path) -> str:
+    """Medians of whole-process runs of two commits, run alternately (``results/speedrun/startup_ab.json``)."""
+    result = json.loads(source.read_text())
+    lines = [
+        "| side | commit | change | median start-up s | median process s | test accuracy | runs |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for side, info in result["sides"].items():
+        runs = [run for run in result["runs"] if run["side"] == side]
+        accuracy = ", ".join(sorted({f"{100 * run['test_accuracy']:.2f}%" for run in runs}))
+        startup = statistics.median(run["startup_s"] for run in runs)
+        process = statistics.median(run["process_s"] for run in runs)
+        cells = [side, info["commit"], info["change"], f"{startup:.2f}", f"{process:.2f}", accuracy, str(len(runs))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + f"`{result['command']}`\n"
 
 
 def front_table(source: Path) -> str:
@@ -240,6 +259,7 @@ def claims_table(source: Path) -> str:
 KINDS = {
     "report": report_table,
     "speedrun": speedrun_table,
+    "beforeafter": before_after_table,
     "front": front_table,
     "csv": csv_table,
     "claims": claims_table,

@@ -151,3 +151,17 @@ def test_rank_shards_are_disjoint_and_seed_synchronised():
     ]
     assert len(shards[0]) == len(shards[1]) == 25
     assert not set(shards[0].tolist()) & set(shards[1].tolist())
+
+
+def test_channel_stats_equal_the_float64_mean_and_std_of_the_training_split():
+    from dsconv.data.datasets import DatasetSplits, Split
+
+    gen = torch.Generator().manual_seed(0)
+    train = Split(torch.randint(0, 256, (300, 3, 6, 6), dtype=torch.uint8, generator=gen), torch.zeros(300).long())
+    other = Split(torch.full((4, 3, 6, 6), 255, dtype=torch.uint8), torch.zeros(4).long())  # must not count
+    splits = DatasetSplits("x", train, other, other, ("a",))
+    scaled = train.images.double() / 255
+    assert splits.mean == pytest.approx(scaled.mean(dim=(0, 2, 3)).tolist(), abs=1e-12)
+    assert splits.std == pytest.approx(scaled.std(dim=(0, 2, 3)).tolist(), abs=1e-12)
+    constant = DatasetSplits("c", other, other, other, ("a",))
+    assert constant.mean == (1.0, 1.0, 1.0) and constant.std == (1e-6, 1e-6, 1e-6)  # clamped, never 0

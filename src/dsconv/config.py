@@ -232,7 +232,10 @@ NULLABLE = {"optimizer.norm_weight_decay", "trainer.grad_clip", "trainer.checkpo
 NULLABLE |= {"dataset.limit_train", "model.bottleneck_width", "model.stem_channels"}
 # Booleans: a string such as "abc" would otherwise be truthy and switch the feature on.
 FLAGS = ["profile_inference", "tensorboard", "debug", "optimizer.nesterov", "trainer.distributed.sync_bn"]
-FLAGS += [f"trainer.{key}" for key in ("channels_last", "compile", "fast", "deterministic", "progress_bar", "verbose")]
+FLAGS += [
+    f"trainer.{key}"
+    for key in ("channels_last", "compile", "eval_hflip", "fast", "deterministic", "progress_bar", "verbose")
+]
 FLAGS += ["trainer.keep_freed_memory"]
 FLAGS += ["dataset.download", "dataset.verify_checksums", "dataset.augment.hflip"]
 CHOICES: dict[str, tuple[str, ...]] = {

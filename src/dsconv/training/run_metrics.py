@@ -68,6 +68,7 @@ def collect_metrics(
         "precision": speed.precision,
         "channels_last": speed.channels_last,
         "label_smoothing": float(cfg.trainer.label_smoothing),
+        "eval_hflip": bool(cfg.trainer.eval_hflip),
         "torch_version": torch.__version__,
         "run_dir": str(run.run_dir),
     }

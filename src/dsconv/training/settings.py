@@ -20,6 +20,7 @@ class TrainerSettings:
     precision: str = "fp32"
     grad_clip: float | None = None
     compile: bool = False
+    eval_hflip: bool = False  # flip test-time augmentation in validation and test
     progress: bool = True
     checkpoint_every_steps: int = 0  # 0: checkpoints at epoch ends only
     nan_policy: str = "stop"
@@ -39,6 +40,7 @@ class TrainerSettings:
             precision=precision,
             grad_clip=None if tcfg.grad_clip is None else float(tcfg.grad_clip),
             compile=compile_model,
+            eval_hflip=bool(tcfg.eval_hflip),
             progress=bool(tcfg.progress_bar),
             checkpoint_every_steps=int(tcfg.checkpoint_every_steps or 0),
             nan_policy=str(tcfg.nan_policy),

@@ -245,7 +245,10 @@ class Trainer:
         all_logits, all_labels = [], []
         for images, labels in batches:
             with autocast_context(self.device, self.precision):
-                all_logits.append(self._eval_forward(images).float())
+                logits = self._eval_forward(images).float()
+                if self.settings.eval_hflip:  # the mean of the image's and its mirror image's logits
+                    logits = (logits + self._eval_forward(images.flip(-1)).float()) / 2
+            all_logits.append(logits)
             all_labels.append(labels)
         # Every rank gets the whole split's outputs, in split order.
         logits = self.execution.gather_rows(torch.cat(all_logits))
