@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from dsconv.training import dynamo_import
 from dsconv.training.optim import build_optimizer
 
+TORCH = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop}
 OPTIMIZERS = {
     "adam": {"name": "adam", "lr": 0.01, "weight_decay": 0.0, "betas": [0.7, 0.9], "eps": 1e-8},
     "adamw": {"name": "adamw", "lr": 0.01, "weight_decay": 0.05, "betas": [0.9, 0.999], "eps": 1e-8},
@@ -21,11 +22,14 @@ OPTIMIZERS = {
 }
 
 
-def _train(compiled: bool, name: str) -> tuple[list[torch.Tensor], dict]:
+def _train(eager: bool, name: str) -> tuple[list[torch.Tensor], dict]:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 3))
     cfg = OmegaConf.create({**OPTIMIZERS[name], "norm_weight_decay": 0.0})
-    optimizer = build_optimizer(model, cfg, compiled=compiled)
+    optimizer = build_optimizer(model, cfg, compiled=True)  # torch's own class
+    if eager:  # the same optimizer, as the eager class (this process may have imported torch._dynamo)
+        optimizer.__class__ = dynamo_import.eager_class(type(optimizer))
+        assert type(optimizer).step is not torch.optim.Optimizer.step and type(optimizer) is not TORCH[name]
     data = torch.randn(5, 16, 6)
     for x in data:
         loss = model(x).square().mean()
@@ -37,8 +41,8 @@ def _train(compiled: bool, name: str) -> tuple[list[torch.Tensor], dict]:
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_eager_optimizer_steps_bit_exactly_like_torch(name):
-    eager_params, eager_state = _train(False, name)
-    torch_params, torch_state = _train(True, name)
+    eager_params, eager_state = _train(True, name)
+    torch_params, torch_state = _train(False, name)
     assert all(torch.equal(a, b) for a, b in zip(eager_params, torch_params, strict=True))
     assert eager_state["param_groups"] == torch_state["param_groups"]
     for index, state in torch_state["state"].items():

@@ -45,5 +45,5 @@ def test_eval_hflip_averages_the_logits_of_image_and_mirror(tmp_path):
 
 def test_eval_hflip_must_be_a_boolean():
     cfg = compose_config(["trainer.eval_hflip=sometimes"])
-    with pytest.raises(ConfigError, match="trainer.eval_hflip"):
+    with pytest.raises(ConfigError, match=r"trainer\.eval_hflip"):
         validate_config(cfg)

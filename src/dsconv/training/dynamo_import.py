@@ -28,17 +28,26 @@ _EAGER_CLASSES: dict[type, type] = {}
 
 
 def optimizer_class(cls: type[torch.optim.Optimizer], compiled: bool) -> type[torch.optim.Optimizer]:
-    """``cls`` for a compiled run; for an eager one, ``cls`` with a ``step`` that skips the import."""
+    """``cls`` for a compiled run (or once ``torch._dynamo`` is imported anyway); else :func:`eager_class`."""
     if compiled or "torch._dynamo" in sys.modules:
         restore()
         return cls
     _skip_disable_marks()
+    return eager_class(cls)
+
+
+def eager_class(cls: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
+    """A subclass of ``cls`` (same name, same state dict) whose ``step`` places no graph break."""
     if cls not in _EAGER_CLASSES:
-        step = cls.step
-        inner = getattr(step, "__wrapped__", None)
-        if inner is None or step.__code__.co_name != "_use_grad":
+        # cls.step is _use_grad(step), or, once an instance exists, torch's hook wrapper around that.
+        function = getattr(cls, "step", None)
+        while function is not None and getattr(function, "__code__", None) is not None:
+            if function.__code__.co_name == "_use_grad" and hasattr(function, "__wrapped__"):
+                break
+            function = getattr(function, "__wrapped__", None)
+        else:
             return cls
-        _EAGER_CLASSES[cls] = type(cls.__name__, (cls,), {"step": _step_without_graph_break(inner)})
+        _EAGER_CLASSES[cls] = type(cls.__name__, (cls,), {"step": _step_without_graph_break(function.__wrapped__)})
     return _EAGER_CLASSES[cls]
 
 
