@@ -186,3 +186,22 @@ def test_failed_run_ends_its_hparams_session_as_failed(tmp_path):
     end = metadata.parse_session_end_info_plugin_data(content[metadata.SESSION_END_INFO_TAG])
     assert end.status == api_pb2.Status.Value("STATUS_FAILURE")
     assert metadata.EXPERIMENT_TAG not in content
+
+
+def test_the_summary_writer_opens_at_the_first_epoch_end_not_before_the_first_step(tmp_path):
+    """Start-up: importing TensorBoard and opening its writer wait until an epoch has something to log."""
+    from dsconv.data import load_dataset
+    from dsconv.registry import build_model
+    from dsconv.training.run_writer import RunWriter
+
+    cfg = compose_config(TINY_RUN)
+    data = load_dataset(cfg.dataset, tmp_path)
+    model = build_model(cfg.model, data.input_shape, data.num_classes)
+    writer = RunWriter(cfg, tmp_path)
+    writer.on_start(model, data, data.val.images[:2].float(), resume_epoch=None)
+    assert (tmp_path / "config.yaml").is_file() and (tmp_path / "model_summary.txt").is_file()
+    assert writer.tensorboard is None and not (tmp_path / "tensorboard").exists()
+    row = {"epoch": 1, "train_loss": 1.0, "val_loss": 1.2, "train_acc": 0.5, "val_acc": 0.4, "lr": 0.1}
+    writer.on_epoch_end({**row, "images_per_s": 100.0, "epoch_time_s": 1.0})
+    assert writer.tensorboard is not None and list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    writer.tensorboard.close()
