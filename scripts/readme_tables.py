@@ -3,6 +3,7 @@
 Every generated block sits between two markers that name its source::
 
     <!-- table report results/mnist -->        dsconv-report --markdown-table of results/mnist/runs
+    <!-- table answers results/mnist -->      the study's questions answered in sentences from the same runs
     <!-- table speedrun results/speedrun/mnist.json -->   scripts/bench_train.py --speedrun --json output
     <!-- table front results/search/fashion_mnist -->     dsconv-report of a Pareto search (trials.json, rerun.json)
     <!-- table csv results/bench/runtime_pairs.csv -->    any CSV file, as a markdown table
@@ -46,6 +47,14 @@ def report_table(source: Path) -> str:
     if status != 0:
         raise SystemExit(f"error: dsconv-report failed on {source / 'runs'} (exit {status})")
     return out.getvalue().strip() + "\n"
+
+
+def answers_block(source: Path) -> str:
+    from dsconv.report.answers import answers_markdown
+    from dsconv.report.collect import find_runs, group_runs
+    from dsconv.report.comparison import build_comparisons
+
+    return answers_markdown(build_comparisons(group_runs(find_runs([source / "runs"]))))
 
 
 def speedrun_table(source: Path) -> str:
@@ -258,6 +267,7 @@ def claims_table(source: Path) -> str:
 
 KINDS = {
     "report": report_table,
+    "answers": answers_block,
     "speedrun": speedrun_table,
     "beforeafter": before_after_table,
     "front": front_table,

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from dsconv.report.answers import answers_markdown
 from dsconv.report.collect import Group, Run
 from dsconv.report.comparison import ArchitectureComparison, as_json, build_comparisons
 from dsconv.report.stats import PairComparison, compare, find_pairs, group_table, mean_per_class_f1
@@ -185,6 +186,9 @@ def _markdown(
             "## Per architecture: every variant against plain DS",
             "",
             comparison_markdown(comparisons, speed_source(bench)),
+            "## The study's questions, answered from the table above",
+            "",
+            answers_markdown(comparisons),
         ]
     if pairs:
         lines += _pair_lines(pairs)
