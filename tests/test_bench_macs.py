@@ -117,3 +117,31 @@ def test_summary_shows_both_counts_and_container_totals():
     assert "MACs/image 928,464 (conv + linear" in text and "fvcore MACs/image 1,017,424" in text
     first = next(line for line in text.splitlines() if line.split()[:2] == ["0", "SeparableConv2d"])
     assert first.split()[-1] == f"{ds(1, 32, 28 * 28):,}"  # a container shows its stages' MACs, summed
+
+
+def test_one_description_agrees_with_each_separate_count(monkeypatch):
+    from dsconv.evaluation import complexity
+
+    model = build_model({"name": "mnist_cnn", "conv": "separable"}, (1, 28, 28), 10)
+    traces = []
+    analysis = complexity._flop_analysis
+    monkeypatch.setattr(complexity, "_flop_analysis", lambda *a: traces.append(1) or analysis(*a))
+    info = complexity.describe(model, (1, 28, 28))
+    assert len(traces) == 1  # one fvcore trace gives both its total and its table
+    assert (info.macs, info.fvcore_macs, info.params.total) == (928_464, 1_017_424, 20_723)
+    assert info.macs == count_macs(model, (1, 28, 28)) and "module" in info.flop_table
+    assert info.summary == model_summary(model, (1, 28, 28))
+
+
+def test_a_model_fvcore_cannot_trace_keeps_its_hook_counted_macs(monkeypatch):
+    from dsconv.evaluation import complexity
+
+    def refuse(*_args):
+        raise RuntimeError("tracer failed on a dynamic branch\nsecond line")
+
+    monkeypatch.setattr(complexity, "_flop_analysis", refuse)
+    model = build_model({"name": "mnist_cnn", "conv": "standard"}, (1, 28, 28), 10)
+    info = complexity.describe(model, (1, 28, 28))
+    assert info.fvcore_macs is None and info.macs == 7_459_968
+    assert info.flop_table == "fvcore could not trace this model: tracer failed on a dynamic branch"
+    assert "fvcore MACs/image n/a" in info.summary

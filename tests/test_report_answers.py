@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy import stats
-from test_report_kinds import ACCURACY, SEEDS, SIZE, _write_run
 
 from dsconv.report.answers import answers_markdown
 from dsconv.report.cli import main as report_main
 from dsconv.report.collect import find_runs, group_runs
 from dsconv.report.comparison import build_comparisons
+from test_report_kinds import ACCURACY, SEEDS, SIZE, _write_run
 
 
 def _answers(root) -> dict[str, str]:

@@ -19,6 +19,8 @@ import logging
 import os
 import secrets
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,16 +62,39 @@ def main() -> None:
     """``dsconv-train`` and ``scripts/train.py``. Under torchrun, rank 0 runs Hydra (one run dir per
     job) and hands every job to the other ranks, which wait for it."""
     env = launch_env()
-    if env is None:
-        _hydra_main()
-        return
-    from dsconv import distributed
+    with _without_mode_probe(sys.argv[1:]):
+        if env is None:
+            _hydra_main()
+            return
+        from dsconv import distributed
 
-    distributed.run_torchrun(
-        env,
-        _hydra_main,
-        lambda cfg, job, ctx: _run_job(cfg, Path(job.run_dir), job.overrides, job.multirun, job.job_num, ctx),
-    )
+        distributed.run_torchrun(
+            env,
+            _hydra_main,
+            lambda cfg, job, ctx: _run_job(cfg, Path(job.run_dir), job.overrides, job.multirun, job.job_num, ctx),
+        )
+
+
+# Where a composed config could get a hydra.mode from: dsconv's own configs never set it (a test checks).
+MODE_SOURCES = ("hydra.mode", "searchpath", "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir")
+
+
+@contextmanager
+def _without_mode_probe(argv: list[str]) -> Iterator[None]:
+    """Skip Hydra's mode probe: before running, Hydra composes the whole config once only to read
+    ``hydra.mode`` (~80 ms of every start on this CPU), then composes it again for the job. The probe can
+    only answer None (run or -m decide) unless the command line sets the mode or brings other configs."""
+    from hydra._internal.hydra import Hydra
+
+    probe = getattr(Hydra, "get_mode", None)
+    if probe is None or any(source in token for token in argv for source in MODE_SOURCES):
+        yield
+        return
+    Hydra.get_mode = lambda self, config_name, overrides: None
+    try:
+        yield
+    finally:
+        Hydra.get_mode = probe
 
 
 def cli() -> None:

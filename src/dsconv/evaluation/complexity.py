@@ -188,15 +188,8 @@ def count_fvcore_macs(model: nn.Module, input_shape: tuple[int, ...], batch_size
 def macs_by_module(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, dict[str, int], str]:
     """Conv + linear MACs of one image, those MACs per conv/linear/attention module name, and fvcore's
     per-module table (which also counts batch norm and pooling)."""
-    from fvcore.nn import flop_count_table
-
-    per_module: dict[str, int] = {}
-    for call in layer_calls(model, input_shape, 1):
-        per_module[call.name] = per_module.get(call.name, 0) + call.macs
-    with eval_mode(model):
-        analysis = _flop_analysis(model, _example(model, input_shape, 1))
-        table = flop_count_table(analysis, max_depth=4, show_param_shapes=False)
-    return sum(per_module.values()), per_module, table
+    description = describe(model, input_shape)
+    return description.macs, description.per_module, description.flop_table
 
 
 def _example(model: nn.Module, input_shape: tuple[int, ...], batch_size: int) -> torch.Tensor:
@@ -206,25 +199,78 @@ def _example(model: nn.Module, input_shape: tuple[int, ...], batch_size: int) ->
     return torch.randn(batch_size, *input_shape, device=device, dtype=dtype)
 
 
+@dataclass(frozen=True)
+class ModelDescription:
+    """Everything a run reports about its model's size, from one hooked forward pass and one fvcore trace."""
+
+    params: ParamCount
+    macs: int  # conv + linear (+ attention) MACs of one image
+    per_module: dict[str, int]
+    fvcore_macs: int | None  # None: fvcore could not trace the model
+    flop_table: str
+    summary: str
+
+
 @torch.no_grad()
+def describe(model: nn.Module, input_shape: tuple[int, ...]) -> ModelDescription:
+    """Parameters, MACs, fvcore's total and table, and the layer-by-layer summary of one image.
+
+    Each is derived once: a single forward pass records both the layer calls and every module's output
+    shape, and a single fvcore trace gives both its total and its table (tracing is most of the cost).
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    named = dict(model.named_modules())
+    handles = [
+        module.register_forward_hook(_shape_hook(shapes, name))
+        for name, module in named.items()
+        if name and not isinstance(module, nn.Sequential | nn.ModuleList)
+    ]
+    example = _example(model, input_shape, 1)
+    try:
+        with eval_mode(model), record_layer_calls(model) as calls:
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    per_module: dict[str, int] = {}
+    for call in calls:
+        per_module[call.name] = per_module.get(call.name, 0) + call.macs
+    fvcore_macs, flop_table = _fvcore(model, example)
+    params = count_params(model)
+    total = sum(per_module.values())
+    summary = _summary_text(named, shapes, per_module, input_shape, params, total, fvcore_macs)
+    return ModelDescription(params, total, per_module, fvcore_macs, flop_table, summary)
+
+
+def _fvcore(model: nn.Module, example: torch.Tensor) -> tuple[int | None, str]:
+    from fvcore.nn import flop_count_table
+
+    try:
+        with eval_mode(model):
+            analysis = _flop_analysis(model, example)
+            return int(analysis.total()), flop_count_table(analysis, max_depth=4, show_param_shapes=False)
+    except Exception as exc:  # fvcore's tracer fails on some dynamic models; the hook-counted MACs stand
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        logging.getLogger(__name__).warning("fvcore MAC count skipped: %s", reason)
+        return None, f"fvcore could not trace this model: {reason}"
+
+
 def model_summary(model: nn.Module, input_shape: tuple[int, ...]) -> str:
     """A layer-by-layer table (module, type, output shape, parameters, MACs), like the seeds' diagrams.
 
     A container's MACs are those of the conv/linear modules inside it."""
-    total_macs, macs, _ = macs_by_module(model, input_shape)
-    fvcore_total = count_fvcore_macs(model, input_shape)
-    shapes: dict[str, tuple[int, ...]] = {}
-    handles = []
-    named = dict(model.named_modules())
-    for name, module in named.items():
-        if name and not isinstance(module, nn.Sequential | nn.ModuleList):
-            handles.append(module.register_forward_hook(_shape_hook(shapes, name)))
-    try:
-        with eval_mode(model):
-            model(_example(model, input_shape, 1))
-    finally:
-        for handle in handles:
-            handle.remove()
+    return describe(model, input_shape).summary
+
+
+def _summary_text(
+    named: dict[str, nn.Module],
+    shapes: dict[str, tuple[int, ...]],
+    macs: dict[str, int],
+    input_shape: tuple[int, ...],
+    params: ParamCount,
+    total_macs: int,
+    fvcore_total: int | None,
+) -> str:
     rows = [("module", "type", "output shape", "params", "MACs")]
     for name in (n for n in named if n in shapes):  # pre-order: parents before children
         module = named[name]
@@ -242,7 +288,6 @@ def model_summary(model: nn.Module, input_shape: tuple[int, ...]) -> str:
                 f"{inside:,}",
             )
         )
-    params = count_params(model)
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = [
         "  ".join(cell.ljust(widths[i]) if i < 3 else cell.rjust(widths[i]) for i, cell in enumerate(row))
@@ -250,10 +295,11 @@ def model_summary(model: nn.Module, input_shape: tuple[int, ...]) -> str:
     ]
     lines.insert(1, "-" * len(lines[0]))
     lines.append("-" * len(lines[0]))
+    fvcore = "n/a (fvcore could not trace the model)" if fvcore_total is None else f"{fvcore_total:,}"
     lines.append(
         f"input 1x{'x'.join(map(str, input_shape))}  total params {params.total:,}  "
         f"trainable {params.trainable:,}  MACs/image {total_macs:,} (conv + linear; FLOPs = 2x MACs)  "
-        f"fvcore MACs/image {fvcore_total:,} (also batch norm, pooling)"
+        f"fvcore MACs/image {fvcore} (also batch norm, pooling)"
     )
     return "\n".join(lines)
 

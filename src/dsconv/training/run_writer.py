@@ -48,23 +48,15 @@ class ModelComplexity:
 
 
 def describe_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelComplexity:
-    """Parameters, MACs and the model tables, each computed once."""
+    """Parameters, MACs and the model tables, from one hooked forward pass and one fvcore trace."""
     from dsconv.evaluation import complexity
 
     with warnings.catch_warnings():
         # Importing fvcore runs torch.jit.script, which warns that it is deprecated: two lines of noise
         # on every run's console that the user can do nothing about.
         warnings.filterwarnings("ignore", message=".*torch.jit.*", category=FutureWarning)
-        macs, _, flop_table = complexity.macs_by_module(model, input_shape)
-        summary = complexity.model_summary(model, input_shape)
-        fvcore_total = None
-        count_fvcore = getattr(complexity, "count_fvcore_macs", None)
-        if count_fvcore is not None:
-            try:
-                fvcore_total = int(count_fvcore(model, input_shape))
-            except Exception as exc:  # fvcore's tracer fails on some dynamic models; the headline MACs stand
-                log.warning("fvcore MAC count skipped: %s", str(exc).splitlines()[0] if str(exc) else exc)
-    return ModelComplexity(complexity.count_params(model), int(macs), fvcore_total, summary, flop_table)
+        info = complexity.describe(model, input_shape)
+    return ModelComplexity(info.params, info.macs, info.fvcore_macs, info.summary, info.flop_table)
 
 
 class RunCallback:
