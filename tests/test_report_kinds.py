@@ -254,3 +254,24 @@ def test_a_ds_row_with_custom_conv_options_is_named_by_them(tmp_path, capsys):
         ["| DS", "mnist_cnn [separable]"],
         ["| DS (custom conv options)", "mnist_cnn [separable], depthwise_scale=1.2, skip=True"],
     ]
+
+
+def test_a_setting_added_later_reads_as_its_old_value_in_older_runs(tmp_path):
+    from dsconv.report.collect import find_runs, group_runs
+
+    for seed in SEEDS:
+        _write_run(tmp_path, "standard", seed)
+
+    def set_flip(seed: int, value: bool) -> None:
+        path = tmp_path / f"standard_{seed}" / "config.yaml"
+        config = yaml.safe_load(path.read_text())
+        config["trainer"]["eval_hflip"] = value
+        path.write_text(yaml.safe_dump(config))
+
+    set_flip(1, False)  # a newer run, written after trainer.eval_hflip existed, at its default
+    groups = group_runs(find_runs([tmp_path]))
+    assert [len(g.runs) for g in groups] == [3]
+    set_flip(2, True)  # flip test-time augmentation really changes the experiment
+    groups = group_runs(find_runs([tmp_path]))
+    assert sorted(len(g.runs) for g in groups) == [1, 2]
+    assert any("eval_hflip=True" in g.label for g in groups)

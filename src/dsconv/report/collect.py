@@ -28,6 +28,10 @@ IGNORED_KEYS = (
 # source run): only whether they are set says what kind of run it is, so that alone enters the group key.
 PER_SEED_PATH_KEYS = ("distill.teacher", "prune.from")
 
+# Settings added after runs were already on disk, with the value every earlier run ran with: a config
+# that predates one reads as that value, so old and new seeds of one experiment stay one group.
+ADDED_SETTINGS = {"trainer.eval_hflip": False}
+
 # Blocks a run's metrics.json may carry to say how the model was made, and the fields of each that define
 # the experiment (the rest, e.g. the teacher's hash or the achieved budget, vary per seed).
 RUN_KIND_FIELDS = {
@@ -129,7 +133,7 @@ def run_kind(run: Run) -> dict[str, dict[str, Any]]:
 
 def group_key(run: Run) -> tuple[tuple[str, Any], ...]:
     items = {}
-    for key, value in flatten(run.config).items():
+    for key, value in {**ADDED_SETTINGS, **flatten(run.config)}.items():
         if _ignored(key):
             continue
         items[key] = ("<set>" if value is not None else None) if key in PER_SEED_PATH_KEYS else value
