@@ -29,6 +29,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import re
 import statistics
 import sys
@@ -38,12 +39,22 @@ REPO = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"(<!-- table (\w+) (\S+) -->\n)(.*?)(<!-- /table -->)", re.S)
 
 
+def _study_args(source: Path) -> list[str]:
+    """The runs of a study, and its side-by-side bench when it has one (``results/<study>/bench/``), as paths
+    relative to the repository: the report names its bench, and the README must not depend on the checkout."""
+    relative = os.path.relpath(source, REPO)
+    args = [os.path.join(relative, "runs")]
+    if (source / "bench" / "results.json").is_file():
+        args += ["--bench", os.path.join(relative, "bench")]
+    return args
+
+
 def report_table(source: Path) -> str:
     from dsconv.report.cli import main as report
 
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        status = report([str(source / "runs"), "--markdown-table", "-"])
+    with contextlib.chdir(REPO), contextlib.redirect_stdout(out):
+        status = report([*_study_args(source), "--markdown-table", "-"])
     if status != 0:
         raise SystemExit(f"error: dsconv-report failed on {source / 'runs'} (exit {status})")
     return out.getvalue().strip() + "\n"
@@ -53,8 +64,11 @@ def answers_block(source: Path) -> str:
     from dsconv.report.answers import answers_markdown
     from dsconv.report.collect import find_runs, group_runs
     from dsconv.report.comparison import build_comparisons
+    from dsconv.report.timing import load_bench
 
-    return answers_markdown(build_comparisons(group_runs(find_runs([source / "runs"]))))
+    bench_dir = source / "bench"
+    bench = load_bench(bench_dir) if (bench_dir / "results.json").is_file() else None
+    return answers_markdown(build_comparisons(group_runs(find_runs([source / "runs"])), bench), bench)
 
 
 def speedrun_table(source: Path) -> str:

@@ -10,9 +10,13 @@ Per seed, in dependency order (each run is an ordinary ``dsconv-train`` process)
 A run whose metrics.json exists is skipped, so a killed study resumes by running the same command. Then
 the small artifacts of every run are copied to ``results/<dataset>/runs/<variant>/seed<N>/`` and
 ``dsconv-report`` writes report.md, metrics_comparison.json and the figures from those copies alone.
+With ``--bench``, ``dsconv-bench`` first measures the trained networks of one seed side by side (eager
+fp32, NCHW: latency, throughput, a training step, peak memory) into ``results/<dataset>/bench/``, and the
+report's speed columns come from there instead of each run's one-off profile.
 
     python scripts/study.py mnist --epochs 3 --seeds 0 1 2
     python scripts/study.py cifar10_jpeg --variants standard ds --model-pair cifar_cnn
+    python scripts/study.py mnist --seeds 0 1 2 --bench
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = ("config.yaml", "metrics.json", "training_log.csv", "classification_report.json", "confusion_matrix.json")
@@ -64,6 +70,8 @@ def main() -> int:
     parser.add_argument("--runs", type=Path, default=None, help="run dirs (default outputs/study/<dataset>)")
     parser.add_argument("--results", type=Path, default=None, help="committed results (default results/<dataset>)")
     parser.add_argument("--name", default=None, help="results sub-folder name (default: the dataset)")
+    parser.add_argument("--bench", action="store_true", help="bench one seed's trained networks side by side")
+    parser.add_argument("--bench-seed", type=int, default=None, help="the seed benched (default: the first)")
     # Anything else on the command line is a Hydra override for every run, e.g. trainer.num_threads=1.
     args, overrides = parser.parse_known_args()
     if bad := [o for o in overrides if "=" not in o or o.startswith("-")]:
@@ -91,7 +99,38 @@ def main() -> int:
                 return 1
     copy_artifacts(runs, results / "runs")
     report = [sys.executable, str(REPO / "scripts" / "report.py"), str(results / "runs"), "--out", str(results)]
+    if args.bench:
+        seed = args.seeds[0] if args.bench_seed is None else args.bench_seed
+        if subprocess.run(bench_command(runs, variants, seed, results / "bench"), check=False).returncode != 0:
+            print(f"error: the bench of seed {seed} failed; the runs are intact, rerun this command", file=sys.stderr)
+            return 1
+        report += ["--bench", str(results / "bench")]
     return subprocess.run(report, check=False).returncode
+
+
+def bench_command(runs: Path, variants: list[str], seed: int, out: Path) -> list[str]:
+    """``dsconv-bench`` over one seed's trained networks, paired with its standard run. The distilled
+    student is the DS twin's architecture, so the DS measurement stands for it too."""
+    entries = []
+    for variant in (v for v in variants if v != "ds_kd"):
+        run_dir = runs / variant / f"seed{seed}"
+        name = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["name"]
+        # "<model>/<variant>": the report matches a row by the model name before the slash and its size.
+        pairing = "" if variant == "standard" else f",pair_with:'{name}/standard'"
+        entries.append(f"{{run:'{run_dir}',label:'{name}/{variant}'{pairing}}}")
+    return [
+        sys.executable,
+        str(REPO / "scripts" / "bench.py"),
+        f"models=[{','.join(entries)}]",
+        "layers=[]",
+        "dtypes=[fp32]",
+        "memory_formats=[nchw]",
+        "sections.roofline=false",
+        "sections.runtimes=false",
+        "output.plots=false",
+        f"output.dir={out}",
+        f"hydra.run.dir={runs / 'bench_hydra'}",  # Hydra's own files stay with the runs, out of results/
+    ]
 
 
 def copy_artifacts(runs: Path, target: Path) -> None:

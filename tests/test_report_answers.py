@@ -77,3 +77,27 @@ def test_the_report_carries_the_answers(tmp_path):
 def test_no_pair_says_so(tmp_path):
     _write_run(tmp_path, "standard", 0)
     assert answers_markdown(build_comparisons(group_runs(find_runs([tmp_path])))).startswith("No standard/DS pair")
+
+
+def test_with_a_bench_the_answers_give_side_by_side_speed_and_memory(tmp_path):
+    import json
+
+    from dsconv.report.timing import load_bench
+
+    for row in ("standard", "ds", "equal"):
+        for seed in SEEDS:
+            _write_run(tmp_path / "runs", row, seed)
+    common = {"target": "mnist_cnn/x", "dtype": "fp32", "throughput_batch": 32, "noisy": False}
+    rows = [
+        {**common, "conv": "standard", "params": SIZE["standard"][0], "latency_b1_median_ms": 0.40,
+         "throughput_img_per_s": 9000.0, "peak_mem_infer_mib": 120.0, "peak_mem_train_mib": 360.0},
+        {**common, "conv": "separable", "params": SIZE["ds"][0], "latency_b1_median_ms": 0.32,
+         "throughput_img_per_s": 7200.0, "peak_mem_infer_mib": 118.0, "peak_mem_train_mib": 350.0},
+    ]  # fmt: skip
+    (tmp_path / "results.json").write_text(json.dumps({"rows": rows, "pairs": []}))
+    bench = load_bench(tmp_path)
+    text = answers_markdown(build_comparisons(group_runs(find_runs([tmp_path / "runs"])), bench), bench)
+    (line,) = [line for line in text.splitlines() if line.startswith("- **What each buys in speed and memory**")]
+    assert "standard 0.40 ms at batch 1, 9000 img/s at batch 32, peak memory 120 MiB inference / 360 MiB" in line
+    assert "DS 0.32 ms at batch 1 (1.25x standard's speed), 7200 img/s at batch 32, peak memory 118 MiB" in line
+    assert line.endswith("; not benched: DS at equal MACs.")  # its size matches no bench row

@@ -44,3 +44,18 @@ def test_only_small_artifacts_are_copied(tmp_path):
     study.copy_artifacts(tmp_path / "runs", tmp_path / "results")
     copied = sorted(p.relative_to(tmp_path / "results").as_posix() for p in (tmp_path / "results").rglob("*"))
     assert copied == ["ds", "ds/seed0", *sorted(f"ds/seed0/{name}" for name in study.ARTIFACTS)]
+
+
+def test_the_bench_measures_one_seed_of_each_network_paired_with_standard(tmp_path):
+    variants = list(study.VARIANTS)
+    for variant in variants:
+        run_dir = tmp_path / variant / "seed2"
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.yaml").write_text("dataset:\n  name: mnist\nmodel:\n  name: mnist_cnn\n")
+    command = study.bench_command(tmp_path, variants, 2, tmp_path / "out")
+    models = next(arg for arg in command if arg.startswith("models="))
+    assert models.count("{run:") == 5 and "ds_kd" not in models  # the student is the DS network
+    assert f"{{run:'{tmp_path}/standard/seed2',label:'mnist_cnn/standard'}}" in models
+    pruned = f"{{run:'{tmp_path}/pruned/seed2',label:'mnist_cnn/pruned',pair_with:'mnist_cnn/standard'}}"
+    assert pruned in models
+    assert f"output.dir={tmp_path / 'out'}" in command and "dtypes=[fp32]" in command

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dsconv.report.comparison import ArchitectureComparison, ComparisonRow
 from dsconv.report.stats import SignificanceTest, accuracies, two_sample_tests
+from dsconv.report.timing import BenchResults, match_bench_row
 
 ALPHA = 0.05
 RULE = (
@@ -66,7 +67,43 @@ def _latency(row: ComparisonRow) -> str:
     )
 
 
-def answer_lines(comparison: ArchitectureComparison) -> list[str]:
+def _measured(row: ComparisonRow, standard: ComparisonRow, bench: BenchResults) -> str:
+    """``DS 0.58 ms at batch 1 (1.05x standard's speed), 3093 img/s, peak 118/360 MiB``."""
+    text = f"{row.role} {row.latency.median:.2f} ms at batch 1"
+    if row is not standard and standard.latency.median:
+        text += f" ({standard.latency.median / row.latency.median:.2f}x standard's speed)"
+    found = match_bench_row(row.group, bench) or {}
+    if row.throughput.median is not None:
+        batch = found.get("throughput_batch")
+        text += f", {row.throughput.median:.0f} img/s" + (f" at batch {batch}" if batch else "")
+    memory = [found.get(k) for k in ("peak_mem_infer_mib", "peak_mem_train_mib")]
+    if all(isinstance(v, int | float) for v in memory):
+        text += f", peak memory {memory[0]:.0f} MiB inference / {memory[1]:.0f} MiB training step"
+    return text + (" ⚠ noisy" if row.latency.noisy or row.throughput.noisy else "")
+
+
+def _speed_line(comparison: ArchitectureComparison, standard: ComparisonRow, bench: BenchResults | None) -> str:
+    profiled = [row for row in comparison.rows if row.latency.median is not None]
+    if not profiled:
+        return ""
+    if bench is not None and all(row.latency.source == "bench" for row in profiled):
+        missing = [row.role for row in comparison.rows if row.latency.median is None]
+        return (
+            "- **What each buys in speed and memory**, measured side by side by `dsconv-bench` (eager fp32, "
+            "NCHW; one seed's trained networks; the distilled student is the DS network): "
+            + "; ".join(_measured(row, standard, bench) for row in profiled)
+            + (f"; not benched: {', '.join(missing)}" if missing else "")
+            + "."
+        )
+    return (
+        "- **Speed in the runs' own profiles** (batch-1 latency, measured once after each training while "
+        "other runs shared the CPU, never side by side; the interleaved bench is the number to trust): "
+        + ", ".join(f"{row.role} {_latency(row)}" for row in profiled)
+        + "."
+    )
+
+
+def answer_lines(comparison: ArchitectureComparison, bench: BenchResults | None = None) -> list[str]:
     """Markdown bullets answering the study's questions for one architecture set (empty without a pair)."""
     rows = {row.role: row for row in comparison.rows}
     standard, ds = rows.get("standard"), rows.get("DS")
@@ -99,21 +136,14 @@ def answer_lines(comparison: ArchitectureComparison) -> list[str]:
                 f"- **What {what} wins back**: {_acc(row)}: {_against(row, ds, 'DS', up, down)}"
                 + (f"; {recovered}." if recovered else ".")
             )
-    profiled = [row for row in comparison.rows if row.latency.median is not None]
-    if profiled:
-        lines.append(
-            "- **Speed in the runs' own profiles** (batch-1 latency, measured once after each training while "
-            "other runs shared the CPU, never side by side; the interleaved bench is the number to trust): "
-            + ", ".join(f"{row.role} {_latency(row)}" for row in profiled)
-            + "."
-        )
-    return lines
+    speed = _speed_line(comparison, standard, bench)
+    return lines + ([speed] if speed else [])
 
 
-def answers_markdown(comparisons: list[ArchitectureComparison]) -> str:
+def answers_markdown(comparisons: list[ArchitectureComparison], bench: BenchResults | None = None) -> str:
     blocks = []
     for comparison in comparisons:
-        lines = answer_lines(comparison)
+        lines = answer_lines(comparison, bench)
         if lines:
             blocks.append("\n".join([f"**{comparison.title}**", "", *lines]))
     if not blocks:

@@ -188,7 +188,7 @@ def _markdown(
             comparison_markdown(comparisons, speed_source(bench)),
             "## The study's questions, answered from the table above",
             "",
-            answers_markdown(comparisons),
+            answers_markdown(comparisons, bench),
         ]
     if pairs:
         lines += _pair_lines(pairs)
