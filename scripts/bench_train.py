@@ -6,7 +6,9 @@ the real files cannot be downloaded here), the same model and the same augmentat
   (a) reference: torchvision ``CIFAR10`` + ``DataLoader`` (2 workers) + per-sample transforms
       (RandomCrop(32, 4), RandomHorizontalFlip, ToTensor, Normalize), fp32, NCHW;
   (b) dsconv: the whole split as one uint8 tensor, batched crop/flip, then the project's
-      ``Trainer`` in fp32 and with the fast settings (bf16 autocast + channels_last by default).
+      ``Trainer`` in fp32 and with the fast settings (bf16 autocast + channels_last by default), with
+      dsconv-train's allocator setting (``trainer.keep_freed_memory``), switched on once every
+      reference loop has run, since it holds for the whole process.
 
 Prints images/s for each and the ratios, plus the data pipeline alone (batches/s). Usage:
     python scripts/bench_train.py [--models depthwise densenet4] [--n-train 5000] [--epochs 1]
@@ -38,6 +40,7 @@ from dsconv.data import BatchAugment, DeviceBatches, Normalize, load_dataset
 from dsconv.data.datasets import cifar10_class, write_cifar10_batches
 from dsconv.layers.activations import get_act_layer
 from dsconv.registry import build_model
+from dsconv.training.host_memory import keep_freed_memory
 from dsconv.training.optim import Schedule
 from dsconv.training.trainer import Trainer, TrainerSettings
 
@@ -151,16 +154,18 @@ def accuracy(model, batches) -> float:
     return correct / total
 
 
-def run_model(name: str, root: Path, args) -> dict:
-    results = {"model": name}
-    variants = [
-        ("reference fp32 NCHW + DataLoader", None),
-        ("dsconv fp32 NCHW", ("fp32", False)),
-        (
-            f"dsconv {args.precision} {'channels_last' if args.channels_last else 'NCHW'}",
-            (args.precision, args.channels_last),
-        ),
-    ]
+def run_model(name: str, root: Path, args, reference: bool) -> dict:
+    """The reference loop (``reference``) or dsconv's two settings, on one model."""
+    results = {}
+    variants = [("reference fp32 NCHW + DataLoader", None)] if reference else []
+    if not reference:
+        variants += [
+            ("dsconv fp32 NCHW", ("fp32", False)),
+            (
+                f"dsconv {args.precision} {'channels_last' if args.channels_last else 'NCHW'}",
+                (args.precision, args.channels_last),
+            ),
+        ]
     eval_batches = project_batches(root, 512, False, seed=1)
     eval_batches.shuffle, eval_batches.augment = False, None
     for label, setting in variants:
@@ -274,6 +279,12 @@ def main() -> None:
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--pipeline-batches", type=int, default=30)
+    parser.add_argument(
+        "--keep-freed-memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="dsconv's runs keep freed memory in the allocator, as dsconv-train does by default",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument(
         "--speedrun",
@@ -313,8 +324,14 @@ def main() -> None:
             },
             "models": [],
         }
+        entries = {name: {"model": name, **run_model(name, root, args, reference=True)} for name in args.models}
+        if args.keep_freed_memory:
+            # What dsconv-train does by default (trainer.keep_freed_memory). The allocator setting is
+            # process-wide, so it is switched on only after every reference loop has run without it.
+            keep_freed_memory()
         for name in args.models:
-            entry = run_model(name, root, args)
+            entry = entries[name]
+            entry.update(run_model(name, root, args, reference=False))
             labels = [k for k in entry if k != "model"]
             base = entry[labels[0]]["images_per_s"]
             for label in labels[1:]:
@@ -322,6 +339,7 @@ def main() -> None:
             results["models"].append(entry)
     results["torch"] = torch.__version__
     results["threads"] = torch.get_num_threads()
+    results["keep_freed_memory"] = args.keep_freed_memory
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
