@@ -13,6 +13,7 @@ Every generated block sits between two markers that name its source::
     <!-- table roofline results/bench/roofline_summary.csv -->  per layer type, over all networks
     <!-- table kdsweep results/kd_tuning/fashion_mnist -->  alpha x T on validation, test of the pick only
     <!-- table sizes results/bench/results.csv -->  exact params and MACs of every benchmarked network
+    <!-- table rerun results/mnist_protocol -->  one run's command and seed on two machines
     <!-- table claims results -->                  the seeds' claims, held / not held, from every study
                                                    (results/*/metrics_comparison.json) and results/bench
     ...generated text...
@@ -245,6 +246,23 @@ def kd_sweep_table(source: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rerun_table(source: Path) -> str:
+    """The same command and seed run on two machines: ``earlier_machine/<variant>/seed<N>`` against ``runs/``."""
+    lines = [
+        "| run | machine | test accuracy % | epochs run (early stopping) | best epoch | best val loss |",
+        "|---|---|---|---|---|---|",
+    ]
+    for earlier in sorted(source.glob("earlier_machine/*/seed*/metrics.json")):
+        name = f"{earlier.parent.parent.name} {earlier.parent.name}"
+        now = source / "runs" / earlier.parent.parent.name / earlier.parent.name / "metrics.json"
+        for label, path in (("earlier session's", earlier), ("this session's", now)):
+            if path.is_file():
+                m = json.loads(path.read_text())
+                cells = [name, label, f"{100 * m['test_accuracy']:.2f}", str(m["epochs_run"]), str(m["best_epoch"])]
+                lines.append("| " + " | ".join(cells) + f" | {m['best_val_loss']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
 def sizes_table(source: Path) -> str:
     """Exact sizes of every benchmarked network (``results.csv`` of a bench run), with the pairs' ratios."""
     with source.open(newline="") as handle:
@@ -292,6 +310,7 @@ KINDS = {
     "roofline": roofline_table,
     "kdsweep": kd_sweep_table,
     "sizes": sizes_table,
+    "rerun": rerun_table,
 }
 
 

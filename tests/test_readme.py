@@ -85,3 +85,16 @@ def test_sizes_table_reads_the_bench_counts(tmp_path):
         "| `net/separable` | 1x8x8 | separable | 25 | 100 | 150 |",
     ]
     assert lines[-1] == "Standard / DS: net: 4.00x fewer parameters, 8.00x fewer MACs (6.00x by fvcore)."
+
+
+def test_rerun_table_puts_one_runs_two_machines_side_by_side(tmp_path):
+    for where, acc, epochs in (("earlier_machine", 0.9824, 7), ("runs", 0.9901, 14)):
+        run = tmp_path / where / "standard" / "seed1"
+        run.mkdir(parents=True)
+        metrics = {"test_accuracy": acc, "epochs_run": epochs, "best_epoch": epochs - 3, "best_val_loss": 0.05}
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    lines = readme_tables.rerun_table(tmp_path).splitlines()
+    assert lines[2:] == [
+        "| standard seed1 | earlier session's | 98.24 | 7 | 4 | 0.0500 |",
+        "| standard seed1 | this session's | 99.01 | 14 | 11 | 0.0500 |",
+    ]
