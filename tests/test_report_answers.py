@@ -98,6 +98,6 @@ def test_with_a_bench_the_answers_give_side_by_side_speed_and_memory(tmp_path):
     bench = load_bench(tmp_path)
     text = answers_markdown(build_comparisons(group_runs(find_runs([tmp_path / "runs"])), bench), bench)
     (line,) = [line for line in text.splitlines() if line.startswith("- **What each buys in speed and memory**")]
-    assert "standard 0.40 ms at batch 1, 9000 img/s at batch 32, peak memory 120 MiB inference / 360 MiB" in line
-    assert "DS 0.32 ms at batch 1 (1.25x standard's speed), 7200 img/s at batch 32, peak memory 118 MiB" in line
+    assert "standard 0.40 ms at batch 1, 9000 img/s at batch 32, peak memory 120.0 MiB inference / 360.0 MiB" in line
+    assert "DS 0.32 ms at batch 1 (1.25x standard's speed), 7200 img/s at batch 32, peak memory 118.0 MiB" in line
     assert line.endswith("; not benched: DS at equal MACs.")  # its size matches no bench row

@@ -78,7 +78,7 @@ def _measured(row: ComparisonRow, standard: ComparisonRow, bench: BenchResults) 
         text += f", {row.throughput.median:.0f} img/s" + (f" at batch {batch}" if batch else "")
     memory = [found.get(k) for k in ("peak_mem_infer_mib", "peak_mem_train_mib")]
     if all(isinstance(v, int | float) for v in memory):
-        text += f", peak memory {memory[0]:.0f} MiB inference / {memory[1]:.0f} MiB training step"
+        text += f", peak memory {memory[0]:.1f} MiB inference / {memory[1]:.1f} MiB training step"
     return text + (" ⚠ noisy" if row.latency.noisy or row.throughput.noisy else "")
 
 
