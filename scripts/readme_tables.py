@@ -45,9 +45,13 @@ def _study_args(source: Path) -> list[str]:
     relative to the repository: the report names its bench, and the README must not depend on the checkout."""
     relative = os.path.relpath(source, REPO)
     args = [os.path.join(relative, "runs")]
-    if (source / "bench" / "results.json").is_file():
+    if _has_bench(source):
         args += ["--bench", os.path.join(relative, "bench")]
     return args
+
+
+def _has_bench(source: Path) -> bool:
+    return (source / "bench" / "results.json").is_file()
 
 
 def report_table(source: Path) -> str:
@@ -67,8 +71,7 @@ def answers_block(source: Path) -> str:
     from dsconv.report.comparison import build_comparisons
     from dsconv.report.timing import load_bench
 
-    bench_dir = source / "bench"
-    bench = load_bench(bench_dir) if (bench_dir / "results.json").is_file() else None
+    bench = load_bench(source / "bench") if _has_bench(source) else None
     return answers_markdown(build_comparisons(group_runs(find_runs([source / "runs"])), bench), bench)
 
 
@@ -255,7 +258,7 @@ def rerun_table(source: Path) -> str:
     for earlier in sorted(source.glob("earlier_machine/*/seed*/metrics.json")):
         name = f"{earlier.parent.parent.name} {earlier.parent.name}"
         now = source / "runs" / earlier.parent.parent.name / earlier.parent.name / "metrics.json"
-        for label, path in (("earlier session's", earlier), ("this session's", now)):
+        for label, path in (("earlier", earlier), ("later (the study's run)", now)):
             if path.is_file():
                 m = json.loads(path.read_text())
                 cells = [name, label, f"{100 * m['test_accuracy']:.2f}", str(m["epochs_run"]), str(m["best_epoch"])]

@@ -22,6 +22,7 @@ report's speed columns come from there instead of each run's one-off profile.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -98,14 +99,16 @@ def main() -> int:
                 print(f"error: the {variant} run for seed {seed} failed; rerun this command to resume", file=sys.stderr)
                 return 1
     copy_artifacts(runs, results / "runs")
-    report = [sys.executable, str(REPO / "scripts" / "report.py"), str(results / "runs"), "--out", str(results)]
+    # Paths relative to the repository: the report names its bench, and results/ must not name a checkout.
+    where = Path(os.path.relpath(results, REPO))
+    report = [sys.executable, str(REPO / "scripts" / "report.py"), str(where / "runs"), "--out", str(where)]
     if args.bench:
         seed = args.seeds[0] if args.bench_seed is None else args.bench_seed
         if subprocess.run(bench_command(runs, variants, seed, results / "bench"), check=False).returncode != 0:
             print(f"error: the bench of seed {seed} failed; the runs are intact, rerun this command", file=sys.stderr)
             return 1
-        report += ["--bench", str(results / "bench")]
-    return subprocess.run(report, check=False).returncode
+        report += ["--bench", str(where / "bench")]
+    return subprocess.run(report, cwd=REPO, check=False).returncode
 
 
 def bench_command(runs: Path, variants: list[str], seed: int, out: Path) -> list[str]:

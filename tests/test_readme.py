@@ -95,6 +95,6 @@ def test_rerun_table_puts_one_runs_two_machines_side_by_side(tmp_path):
         (run / "metrics.json").write_text(json.dumps(metrics))
     lines = readme_tables.rerun_table(tmp_path).splitlines()
     assert lines[2:] == [
-        "| standard seed1 | earlier session's | 98.24 | 7 | 4 | 0.0500 |",
-        "| standard seed1 | this session's | 99.01 | 14 | 11 | 0.0500 |",
+        "| standard seed1 | earlier | 98.24 | 7 | 4 | 0.0500 |",
+        "| standard seed1 | later (the study's run) | 99.01 | 14 | 11 | 0.0500 |",
     ]
