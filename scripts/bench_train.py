@@ -36,12 +36,14 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from dsconv.benchmark.environment import collect_environment
 from dsconv.data import BatchAugment, DeviceBatches, Normalize, load_dataset
 from dsconv.data.datasets import cifar10_class, write_cifar10_batches
 from dsconv.layers.activations import get_act_layer
 from dsconv.registry import build_model
 from dsconv.training.host_memory import keep_freed_memory
 from dsconv.training.optim import Schedule
+from dsconv.training.setup import fast_precision
 from dsconv.training.trainer import Trainer, TrainerSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -237,9 +239,10 @@ def speedrun(data_dir: Path, experiment: str, seeds: int, overrides: list[str]) 
                     # The fixed costs around training: start to first step, and last step to exit.
                     row.update(startup_s=metrics["startup_s"], fit_s=metrics["train_time_s"])
                     row["after_fit_s"] = seconds - metrics["startup_s"] - metrics["train_time_s"]
-                    accuracy = metrics["test_accuracy"]
+                    accuracy, row["precision"] = metrics["test_accuracy"], metrics["precision"]
                 else:
                     accuracy = float(stdout.split("test_accuracy=")[1].split()[0])
+                    row["precision"] = stdout.split("precision=")[1].split()[0]
                 rows[name].append({**row, "test_accuracy": accuracy})
                 print(f"  seed {seed} {name:6s} {seconds:6.2f} s  test accuracy {accuracy:.4f}", flush=True)
     summary = {}
@@ -266,7 +269,19 @@ def speedrun(data_dir: Path, experiment: str, seeds: int, overrides: list[str]) 
         )
     ratio = summary["dsconv"]["median_process_s"] / summary["plain"]["median_process_s"]
     print(f"whole process, dsconv / plain script: {ratio:.2f}x ({experiment}, {os.cpu_count()} CPUs)")
-    return {"experiment": experiment, "overrides": overrides, "ratio_dsconv_over_plain": ratio, **summary}
+    return {
+        "experiment": experiment,
+        "overrides": overrides,
+        "ratio_dsconv_over_plain": ratio,
+        **summary,
+        **machine_facts(),
+    }
+
+
+def machine_facts() -> dict:
+    """What the figures depend on: whether the CPU runs bf16 fast (AVX-512) or on slow kernels (AVX2)."""
+    env = collect_environment(torch.device("cpu"))
+    return {key: env[key] for key in ("cpu_model", "cpu_count", "cpu_flags", "cpu_capability")}
 
 
 def main() -> None:
@@ -276,7 +291,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the reference loop")
-    parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    parser.add_argument(
+        "--precision", default="auto", choices=["auto", "fp32", "bf16"], help="auto: bf16 on AVX-512 CPUs, else fp32"
+    )
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--pipeline-batches", type=int, default=30)
     parser.add_argument(
@@ -297,6 +314,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5, help="speed-run seeds (each runs both contestants)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for --speedrun, e.g. trainer.epochs=2")
     args = parser.parse_args()
+    if args.precision == "auto":
+        args.precision = fast_precision(torch.device("cpu"))
     if args.speedrun is not None:
         result = speedrun(args.speedrun, args.experiment, args.seeds, args.overrides)
         if args.json:
@@ -340,6 +359,8 @@ def main() -> None:
     results["torch"] = torch.__version__
     results["threads"] = torch.get_num_threads()
     results["keep_freed_memory"] = args.keep_freed_memory
+    results["precision"] = args.precision
+    results.update(machine_facts())
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

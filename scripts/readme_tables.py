@@ -93,9 +93,21 @@ def speedrun_table(source: Path) -> str:
         "",
         f"Ratio dsconv / plain script (median whole-process time): **{result['ratio_dsconv_over_plain']:.2f}x**. "
         "Phases (medians): start-up = process start to the first training step, fit = training with the "
-        "per-epoch validation, after fit = the test evaluation of the best checkpoint, every output file, exit.",
+        "per-epoch validation, after fit = the test evaluation of the best checkpoint, every output file, exit."
+        + _machine_sentence(result),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _machine_sentence(result: dict) -> str:
+    """The CPU a benchmark ran on, where its JSON records it (the vector unit decides bf16's speed)."""
+    if "cpu_capability" not in result:
+        return ""
+    precisions = {result[name]["runs"][0]["precision"] for name in ("dsconv", "plain") if name in result}
+    precisions |= {result["precision"]} if "precision" in result else set()
+    precision = f", {' and '.join(sorted(precisions))}" if precisions else ""
+    machine = f"{result['cpu_model']}, {result['cpu_count']} CPUs, torch kernels {result['cpu_capability']}"
+    return f" Machine: {machine}{precision}."
 
 
 PHASES = ("startup_s", "fit_s", "after_fit_s")
@@ -191,7 +203,7 @@ def throughput_table(source: Path) -> str:
         "",
         f"Data pipeline alone (crop + flip + normalise): DataLoader {pipeline['dataloader_batches_per_s']:.1f} "
         f"batches/s, dsconv {pipeline['dsconv_batches_per_s']:.1f} batches/s ({pipeline['ratio']:.1f}x); torch "
-        f"{result['torch']}, {result['threads']} threads.",
+        f"{result['torch']}, {result['threads']} threads." + _machine_sentence(result),
     ]
     return "\n".join(lines) + "\n"
 

@@ -15,7 +15,7 @@ from dsconv.config_views import walk_config
 from dsconv.errors import ConfigError
 from dsconv.training.settings import NAN_POLICIES
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 # What a sweeper may optimise: selection metrics (validation) and costs. A test metric never: the test
 # set would then choose the model it is meant to judge.
 OBJECTIVE_METRICS = ("best_val_acc", "best_val_loss", "macs_per_image", "params_total", "latency_ms_b1")
@@ -53,7 +53,7 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.precision={trainer.precision!r} is unknown: choose one of {', '.join(PRECISIONS)}")
     device = resolve_device(str(trainer.device))
     if str(trainer.precision) == "fp16" and device.type != "cuda":
-        raise ConfigError("trainer.precision=fp16 needs a CUDA device: use bf16 (fast on this CPU) or fp32")
+        raise ConfigError("trainer.precision=fp16 needs a CUDA device: use auto (bf16 on AVX-512 CPUs) or fp32")
     monitor = str(trainer.early_stopping.monitor)
     if monitor not in ("val_acc", "val_loss"):
         raise ConfigError(f"trainer.early_stopping.monitor={monitor!r}: choose val_acc or val_loss")
