@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -385,3 +386,14 @@ def test_cli_bad_input_is_one_line_and_nonzero(tmp_path):
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "unknown model 'nope'" in errors[0] and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("dtypes", ["[fp32,bf16]", "[fp32]"])
+@pytest.mark.parametrize("capability", ["AVX2", "AVX512"])
+def test_bf16_on_a_cpu_without_avx512_is_warned_about(dtypes, capability, monkeypatch, caplog):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    with caplog.at_level(logging.WARNING, logger="dsconv.bench"):
+        build_plan(compose_bench(f"dtypes={dtypes}"))
+    warned = [r.getMessage() for r in caplog.records if "reference kernels" in r.getMessage()]
+    assert len(warned) == (1 if capability == "AVX2" and "bf16" in dtypes else 0)
+    assert all("dtypes=[fp32]" in message for message in warned)

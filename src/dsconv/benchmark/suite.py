@@ -28,6 +28,7 @@ from dsconv.benchmark.targets import Target, join_pairs, layer_targets, model_ta
 from dsconv.benchmark.timing import check_timing_options
 from dsconv.errors import ConfigError
 from dsconv.evaluation.complexity import count_fvcore_macs, count_macs, count_params
+from dsconv.training.setup import cpu_has_fast_bf16
 
 log = logging.getLogger("dsconv.bench")
 
@@ -105,6 +106,12 @@ def build_plan(cfg: DictConfig) -> BenchPlan:
     settings = [Setting(device, d, f, c) for c, d, f in itertools.product(compiles, dtypes, formats)]
     for setting in settings:
         check_setting(setting)
+    if "bf16" in dtypes and torch.device(device).type == "cpu" and not cpu_has_fast_bf16():
+        log.warning(
+            "bf16 on this CPU (%s, no AVX-512) runs torch's reference kernels: its rows will be slow to measure "
+            "and slow; dtypes=[fp32] skips them",
+            torch.backends.cpu.get_cpu_capability(),
+        )
     if torch.device(device).type == "cuda":
         torch.backends.cudnn.benchmark = bool(cfg.get("cudnn_benchmark", True))
 
