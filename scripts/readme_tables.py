@@ -103,8 +103,8 @@ def _machine_sentence(result: dict) -> str:
     """The CPU a benchmark ran on, where its JSON records it (the vector unit decides bf16's speed)."""
     if "cpu_capability" not in result:
         return ""
+    # A speed-run's precision (a throughput table names it in its column labels).
     precisions = {result[name]["runs"][0]["precision"] for name in ("dsconv", "plain") if name in result}
-    precisions |= {result["precision"]} if "precision" in result else set()
     precision = f", {' and '.join(sorted(precisions))}" if precisions else ""
     machine = f"{result['cpu_model']}, {result['cpu_count']} CPUs, torch kernels {result['cpu_capability']}"
     return f" Machine: {machine}{precision}."

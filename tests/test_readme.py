@@ -43,8 +43,15 @@ def test_blocks_are_regenerated_from_their_sources(tmp_path):
     assert "**0.50x**" in out and "| plain script | 10.00 (10.00–10.00) | — | — | — | 99.00 | 1 |" in out
     assert "| `dsconv-train experiment=mnist_speedrun` | 5.00 (5.00–5.00) | 1.50 | 2.25 | 1.25 | 99.00 | 1 |" in out
     assert readme_tables.render(out, tmp_path) == out  # regenerating is a fixed point
+    assert "Machine:" not in out  # older results record no CPU
     with pytest.raises(SystemExit, match="does not exist"):
         readme_tables.render("<!-- table csv gone.csv -->\n<!-- /table -->\n", tmp_path)
+    for name in ("dsconv", "plain"):
+        speedrun[name]["runs"] = [{"precision": "fp32"}]
+    speedrun.update(cpu_model="AMD EPYC", cpu_count=2, cpu_flags=["avx2"], cpu_capability="AVX2")
+    (tmp_path / "s.json").write_text(json.dumps(speedrun))
+    out = readme_tables.render(text, tmp_path)
+    assert "Machine: AMD EPYC, 2 CPUs, torch kernels AVX2, fp32.\n" in out
 
 
 def test_kd_sweep_shows_test_accuracy_of_the_validation_pick_only(tmp_path):
