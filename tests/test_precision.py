@@ -12,7 +12,12 @@ from omegaconf import OmegaConf
 from dsconv.config import validate_config
 from dsconv.errors import ConfigError
 from dsconv.training import setup
-from dsconv.training.setup import CPU_FAST_CHANNELS_LAST, fast_precision, resolve_speed_settings
+from dsconv.training.setup import (
+    CPU_FAST_CHANNELS_LAST,
+    CPU_FP32_FAST_CHANNELS_LAST,
+    fast_precision,
+    resolve_speed_settings,
+)
 from support import compose_config
 
 CPU = torch.device("cpu")
@@ -38,11 +43,12 @@ def test_auto_is_bf16_only_on_avx512(capability):
 
 
 def test_fast_follows_the_cpu(capability):
-    speed = resolve_speed_settings(_trainer(fast=True, channels_last=True), CPU)
-    if capability == "AVX512":
-        assert (speed.precision, speed.channels_last) == ("bf16", CPU_FAST_CHANNELS_LAST)
-    else:  # fp32 on AVX2: the memory format stays as given
-        assert (speed.precision, speed.channels_last) == ("fp32", True)
+    for given in (False, True):  # fast overrides the memory format too
+        speed = resolve_speed_settings(_trainer(fast=True, channels_last=given), CPU)
+        if capability == "AVX512":
+            assert (speed.precision, speed.channels_last) == ("bf16", CPU_FAST_CHANNELS_LAST)
+        else:
+            assert (speed.precision, speed.channels_last) == ("fp32", CPU_FP32_FAST_CHANNELS_LAST)
 
 
 def test_explicit_bf16_is_kept_and_warned_about_on_avx2(capability, caplog):

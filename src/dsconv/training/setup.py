@@ -25,8 +25,11 @@ from dsconv.training.optim import Schedule, build_optimizer, build_scheduler
 log = logging.getLogger(__name__)
 
 
-# Whether trainer.fast uses channels_last on the CPU; decided by scripts/bench_train.py (README).
+# Whether trainer.fast uses channels_last on the CPU, in bf16 (AVX-512) and in fp32 (CPUs without it);
+# decided by scripts/bench_train.py (README): in fp32 on an AVX2 EPYC channels_last trained the four
+# CIFAR-shaped models 1.13-1.62x faster than NCHW.
 CPU_FAST_CHANNELS_LAST = False
+CPU_FP32_FAST_CHANNELS_LAST = True
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,9 @@ def resolve_speed_settings(tcfg: Any, device: torch.device) -> SpeedSettings:
     """``trainer.fast=true`` picks the fastest settings measured to keep accuracy on this device.
 
     CPU with AVX-512/AMX: bf16 autocast (fp32 master weights and loss keep accuracy) and the memory
-    format in ``CPU_FAST_CHANNELS_LAST`` (measured, see README); eager, since torch.compile's start-up
-    cost outweighs its gain for runs of a few minutes. CUDA: bf16 when supported (else fp16 with a
+    format in ``CPU_FAST_CHANNELS_LAST``; other CPUs: fp32 and ``CPU_FP32_FAST_CHANNELS_LAST`` (both
+    measured, see README); eager, since torch.compile's start-up cost outweighs its gain for runs of a
+    few minutes. CUDA: bf16 when supported (else fp16 with a
     grad scaler), channels_last, fused optimizers, cuDNN autotuning. With ``fast=false`` the
     ``precision``/``channels_last``/``compile`` keys are used as given; ``precision=auto`` is the
     precision ``fast`` would pick, alone.
@@ -55,8 +59,8 @@ def resolve_speed_settings(tcfg: Any, device: torch.device) -> SpeedSettings:
         precision = fast_precision(device)
     if bool(tcfg.fast) and device.type == "cuda":
         channels_last = True
-    elif bool(tcfg.fast) and precision == "bf16":
-        channels_last = CPU_FAST_CHANNELS_LAST
+    elif bool(tcfg.fast):
+        channels_last = CPU_FAST_CHANNELS_LAST if precision == "bf16" else CPU_FP32_FAST_CHANNELS_LAST
     if precision == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
         log.warning(
             "trainer.precision=bf16 on a CPU without AVX-512 (%s): convolutions fall back to slow reference "
