@@ -108,8 +108,8 @@ def build_plan(cfg: DictConfig) -> BenchPlan:
         check_setting(setting)
     if "bf16" in dtypes and torch.device(device).type == "cpu" and not cpu_has_fast_bf16():
         log.warning(
-            "bf16 on this CPU (%s, no AVX-512) runs torch's reference kernels: its rows will be slow to measure "
-            "and slow; dtypes=[fp32] skips them",
+            "bf16 on this CPU (%s, no AVX-512) runs torch's reference kernels: its rows take long to measure "
+            "and show bf16 far slower than fp32; dtypes=[fp32] skips them",
             torch.backends.cpu.get_cpu_capability(),
         )
     if torch.device(device).type == "cuda":
