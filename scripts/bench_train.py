@@ -6,7 +6,8 @@ the real files cannot be downloaded here), the same model and the same augmentat
   (a) reference: torchvision ``CIFAR10`` + ``DataLoader`` (2 workers) + per-sample transforms
       (RandomCrop(32, 4), RandomHorizontalFlip, ToTensor, Normalize), fp32, NCHW;
   (b) dsconv: the whole split as one uint8 tensor, batched crop/flip, then the project's
-      ``Trainer`` in fp32 and with the fast settings (bf16 autocast + channels_last by default), with
+      ``Trainer`` in fp32 and with the fast settings (by default channels_last, with bf16 autocast on
+      AVX-512 CPUs and fp32 elsewhere: ``--precision auto``), with
       dsconv-train's allocator setting (``trainer.keep_freed_memory``), switched on once every
       reference loop has run, since it holds for the whole process.
 
