@@ -82,7 +82,8 @@ def speedrun_table(source: Path) -> str:
         "| seeds |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name, label in (("dsconv", f"`dsconv-train experiment={result['experiment']}`"), ("plain", "plain script")):
+    command = " ".join([f"dsconv-train experiment={result['experiment']}", *result.get("overrides", [])])
+    for name, label in (("dsconv", f"`{command}`"), ("plain", "plain script")):
         row = result[name]
         std = row["std_test_accuracy"]
         accuracy = f"{100 * row['mean_test_accuracy']:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
