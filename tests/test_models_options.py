@@ -20,7 +20,7 @@ SHAPE = {"mnist_cnn": (1, 28, 28), "cifar_cnn": (3, 32, 32), "densenet4": (3, 32
     [
         (
             "mnist_cnn",
-            "conv, channels, kernel_size, depth_multiplier, width, hidden, pool, dropout, conv_options",
+            "conv, channels, kernel_size, depth_multiplier, width, hidden, pool, dropout, pool_first, conv_options",
         ),
         (
             "cifar_cnn",

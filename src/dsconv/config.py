@@ -236,7 +236,7 @@ FLAGS += [
     f"trainer.{key}"
     for key in ("channels_last", "compile", "eval_hflip", "fast", "deterministic", "progress_bar", "verbose")
 ]
-FLAGS += ["trainer.keep_freed_memory"]
+FLAGS += ["trainer.keep_freed_memory", "model.pool_first"]
 FLAGS += ["dataset.download", "dataset.verify_checksums", "dataset.augment.hflip"]
 CHOICES: dict[str, tuple[str, ...]] = {
     "dataset.normalize": ("half", "stats"),

@@ -3,7 +3,7 @@
 Importing this package registers every conv kind (``inverted_residual`` registers itself on import).
 """
 
-from dsconv.layers.activations import get_act_layer, make_act
+from dsconv.layers.activations import commutes_with_max_pool, get_act_layer, make_act
 from dsconv.layers.convert import ConversionReport, separable_like, to_separable
 from dsconv.layers.factory import conv_kind_options, conv_kinds, conv_norm_act, make_conv, register_conv
 from dsconv.layers.inverted_residual import InvertedResidual
@@ -15,6 +15,7 @@ __all__ = [
     "InvertedResidual",
     "SeparableConv2d",
     "SqueezeExcite",
+    "commutes_with_max_pool",
     "conv_kind_options",
     "conv_kinds",
     "conv_norm_act",

@@ -53,6 +53,19 @@ def act_layer_from_config(cfg: Any) -> ActLayer:
     return layer
 
 
+# Clamps (slope 0 or 1, non-decreasing): max-pooling commutes with them exactly, values and gradients alike,
+# since a tie that the clamp creates carries a zero gradient whichever element the pool picks.
+_CLAMPS = (nn.ReLU, nn.Hardtanh, nn.Identity)  # nn.ReLU6 is an nn.Hardtanh
+
+
+def commutes_with_max_pool(act: nn.Module) -> bool:
+    """True when ``max_pool(act(x))`` equals ``act(max_pool(x))`` bit for bit, gradients included.
+
+    LeakyReLU and the smooth activations are left out: a leaky slope can round two distinct inputs to
+    one output, and the pool would then route the gradient to another element."""
+    return isinstance(act, _CLAMPS)
+
+
 def make_act(act_layer: ActLayer | None) -> nn.Module:
     """Instantiate ``act_layer``, or ``nn.Identity`` when there is none, so forward stays straight."""
     return act_layer() if act_layer is not None else nn.Identity()

@@ -1,0 +1,102 @@
+"""mnist_cnn's block order: a clamp after the max-pool is the same network (bit for bit, gradients too);
+``pool_first`` is a different, cheaper one with the same parameters."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+import torch.nn as nn
+
+from dsconv.layers import commutes_with_max_pool
+from dsconv.models.mnist_cnn import MnistCNN
+
+torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize(
+    ("act", "commutes"),
+    [
+        (nn.ReLU(), True),
+        (nn.ReLU6(), True),
+        (nn.Hardtanh(-2.0, 2.0), True),
+        (nn.Identity(), True),
+        (nn.LeakyReLU(0.1), False),
+        (nn.SiLU(), False),
+        (nn.GELU(), False),
+        (nn.Tanh(), False),
+    ],
+)
+def test_commutes_with_max_pool_names_the_clamps(act, commutes):
+    assert commutes_with_max_pool(act) is commutes
+
+
+def _seed_order(model: MnistCNN) -> nn.Sequential:
+    """The same modules in the seed's order: conv -> BN -> act -> max-pool."""
+    blocks = []
+    for conv, norm, pool, act in model.features:
+        assert isinstance(pool, nn.MaxPool2d)
+        blocks.append(nn.Sequential(conv, norm, act, pool))
+    return nn.Sequential(*blocks)
+
+
+def _step(forward, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    out = forward(x)
+    out.square().mean().backward()  # a loss whose gradient reaches every logit
+    return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("act_layer", [nn.ReLU, nn.ReLU6], ids=["relu", "relu6"])
+def test_clamp_after_pool_is_bit_exact(act_layer, channels_last):
+    torch.manual_seed(0)
+    model = MnistCNN((1, 28, 28), 10, channels=(8, 16, 16), pool="flatten", dropout=0.0, act_layer=act_layer)
+    x = torch.randn(16, 1, 28, 28)
+    for block in model.features:  # BN scale 4: ReLU6 clamps at 6 too, and those ties must get zero gradient
+        nn.init.constant_(block[1].weight, 4.0)
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    reference = _seed_order(model)
+    clamped_at_6 = act_layer is nn.ReLU6 and bool((reference[0][:2](x) > 6).any())
+    assert act_layer is nn.ReLU or clamped_at_6
+    out, grads = _step(model, model, x)
+    ref_out, ref_grads = _step(lambda t: model.head(model.pool(reference(t))), model, x)
+    assert torch.equal(out, ref_out)
+    for grad, ref_grad in zip(grads, ref_grads):
+        assert torch.equal(grad, ref_grad)
+
+
+def test_smooth_activation_keeps_the_seed_order():
+    model = MnistCNN((1, 28, 28), 10, act_layer=nn.SiLU)
+    assert [type(m) for m in model.features[0]] == [nn.Conv2d, nn.BatchNorm2d, nn.SiLU, nn.MaxPool2d]
+    leaky = MnistCNN((1, 28, 28), 10, act_layer=functools.partial(nn.LeakyReLU, 0.1))
+    assert isinstance(leaky.features[0][3], nn.MaxPool2d)
+
+
+def test_checkpoint_keys_do_not_depend_on_the_order():
+    relu = MnistCNN((1, 28, 28), 10).state_dict()
+    silu = MnistCNN((1, 28, 28), 10, act_layer=nn.SiLU).state_dict()
+    assert list(relu) == list(silu)
+    assert "features.0.1.running_mean" in relu  # BN stays at index 1: checkpoints from before still load
+
+
+def test_pool_first_is_conv_pool_norm_act_with_the_same_parameters():
+    torch.manual_seed(0)
+    default = MnistCNN((1, 28, 28), 10, pool="flatten")
+    first = MnistCNN((1, 28, 28), 10, pool="flatten", pool_first=True)
+    assert [type(m) for m in first.features[1]] == [nn.Conv2d, nn.MaxPool2d, nn.BatchNorm2d, nn.ReLU]
+    count = sum(p.numel() for p in default.parameters())
+    assert sum(p.numel() for p in first.parameters()) == count
+    x = torch.randn(4, 1, 28, 28)
+    assert first(x).shape == (4, 10)
+    # BN statistics come from the pooled map: a different function from the default network
+    moved = {}  # the seed order's BN (block index 1) sits at index 2 after the pool
+    for key, value in default.state_dict().items():
+        parts = key.split(".")
+        if parts[0] == "features" and parts[2] == "1":
+            parts[2] = "2"
+        moved[".".join(parts)] = value
+    first.load_state_dict(moved)
+    assert not torch.allclose(first(x), default(x))  # training mode: batch statistics
