@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import csv
 import functools
+import importlib.util
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,3 +104,33 @@ def test_pool_first_is_conv_pool_norm_act_with_the_same_parameters():
         moved[".".join(parts)] = value
     first.load_state_dict(moved)
     assert not torch.allclose(first(x), default(x))  # training mode: batch statistics
+
+
+def _bench_script():
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_block_order.py"
+    spec = importlib.util.spec_from_file_location("bench_block_order", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_benchmark_times_the_three_orders_and_writes_its_table(tmp_path, monkeypatch):
+    bench = _bench_script()
+    kinds = {}
+    for order in bench.ORDERS:
+        torch.manual_seed(0)
+        kinds[order] = [type(m).__name__ for m in bench.build(order, [8, 8, 8], 1.0).features[0]]
+    assert kinds == {
+        "seed order": ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"],
+        "clamp after": ["Conv2d", "BatchNorm2d", "MaxPool2d", "ReLU"],
+        "pool first": ["Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"],
+    }
+    table = tmp_path / "block_order.csv"
+    argv = ["bench", "--layouts", "8-8-8@1", "--steps", "1", "--repeats", "2", "--batch-size", "4", "--csv", str(table)]
+    monkeypatch.setattr(sys, "argv", argv)
+    bench.main()
+    with table.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["block order"] for row in rows] == list(bench.ORDERS)
+    assert rows[0]["time / seed order"] == "1.00"
+    assert all(float(row["time / seed order"]) > 0 and row["channels@width"] == "8-8-8@1" for row in rows)
