@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
+import functools
 import statistics
 import time
 from pathlib import Path
@@ -25,6 +25,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dsconv.benchmark.environment import collect_environment
+from dsconv.benchmark.report import write_csv
+from dsconv.benchmark.timing import median_with_range, rotated_repeats
 from dsconv.registry import build_model
 from dsconv.training.setup import fast_precision
 
@@ -87,24 +89,25 @@ def main() -> None:
             torch.manual_seed(0)
             timers[order] = step_timer(build(order, channels, width), args.batch_size, dtype, args.channels_last)
             timers[order](3)  # warm-up: oneDNN primitive creation, allocator
-        times: dict[str, list[float]] = {order: [] for order in ORDERS}
-        for repeat in range(args.repeats):
-            shift = repeat % len(ORDERS)
-            for order in ORDERS[shift:] + ORDERS[:shift]:
-                times[order].append(timers[order](args.steps))
+        steps = {order: functools.partial(timers[order], args.steps) for order in ORDERS}
+        times = rotated_repeats(steps, args.repeats)
         base = statistics.median(times["seed order"])
         for order in ORDERS:
-            median = statistics.median(times[order])
-            spread = f"{1e3 * median:.1f} ({1e3 * min(times[order]):.1f}-{1e3 * max(times[order]):.1f})"
-            rows.append([layout, order, spread, f"{median / base:.2f}", precision, machine])
+            median, spread = median_with_range(times[order], ".1f", scale=1e3)
+            rows.append(
+                {
+                    "channels@width": layout,
+                    "block order": order,
+                    "median ms per step (min-max)": spread,
+                    "time / seed order": f"{median / base:.2f}",
+                    "precision": precision,
+                    "machine": machine,
+                }
+            )
             print(f"{layout:>16} {order:>12}: {spread} ms/step, {median / base:.2f}x the seed order", flush=True)
     if args.csv:
         args.csv.parent.mkdir(parents=True, exist_ok=True)
-        with args.csv.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            header = ["channels@width", "block order", "median ms per step (min-max)", "time / seed order"]
-            writer.writerow([*header, "precision", "machine"])
-            writer.writerows(rows)
+        write_csv(args.csv, rows)
 
 
 if __name__ == "__main__":

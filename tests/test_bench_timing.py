@@ -9,7 +9,14 @@ import random
 import pytest
 from scipy import stats
 
-from dsconv.benchmark.timing import median_ci, median_ci_ranks, ratio_interval, time_interleaved
+from dsconv.benchmark.timing import (
+    median_ci,
+    median_ci_ranks,
+    median_with_range,
+    ratio_interval,
+    rotated_repeats,
+    time_interleaved,
+)
 from dsconv.errors import ConfigError
 
 
@@ -133,3 +140,24 @@ def test_sync_runs_around_every_call():
 def test_bad_options_name_the_key(options, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         time_interleaved({"A": lambda: None}, **options)
+
+
+def test_rotated_repeats_moves_every_timer_through_every_position():
+    calls: list[str] = []
+
+    def timer(key: str):
+        def call() -> float:
+            calls.append(key)
+            return float(len(calls))
+
+        return call
+
+    readings = rotated_repeats({key: timer(key) for key in "abc"}, repeats=3)
+    assert calls == list("abcbcacab")
+    assert readings == {"a": [1.0, 6.0, 8.0], "b": [2.0, 4.0, 9.0], "c": [3.0, 5.0, 7.0]}
+
+
+def test_median_with_range_formats_the_scaled_median_and_ends():
+    median, cell = median_with_range([0.0125, 0.0101, 0.0302], ".1f", scale=1e3)
+    assert median == 0.0125 and cell == "12.5 (10.1-30.2)"
+    assert median_with_range([1234.0, 999.0, 5000.0, 1500.0], ",.0f") == (1367.0, "1,367 (999-5,000)")

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from dsconv.layers import commutes_with_max_pool
+from dsconv.models.cifar_cnn import CifarCNN
 from dsconv.models.mnist_cnn import MnistCNN
 
 torch.set_num_threads(1)
@@ -134,3 +135,41 @@ def test_the_benchmark_times_the_three_orders_and_writes_its_table(tmp_path, mon
     assert [row["block order"] for row in rows] == list(bench.ORDERS)
     assert rows[0]["time / seed order"] == "1.00"
     assert all(float(row["time / seed order"]) > 0 and row["channels@width"] == "8-8-8@1" for row in rows)
+
+
+def _cifar_seed_order(model: CifarCNN) -> nn.Sequential:
+    """cifar_cnn's features in the seed's order: each conv -> act -> max-pool, where the pool now runs first."""
+    layers: list[nn.Module] = []
+    for module in model.features:
+        if isinstance(module, nn.Sequential) and isinstance(module[0], nn.MaxPool2d):
+            pool, act = module
+            conv, norm, identity = layers.pop()
+            assert isinstance(identity, nn.Identity)
+            layers += [nn.Sequential(conv, norm, act), pool]
+        else:
+            layers.append(module)
+    return nn.Sequential(*layers)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cifar_cnn_pools_before_its_clamps_bit_exactly(channels_last):
+    torch.manual_seed(0)
+    model = CifarCNN((3, 16, 16), 10, width=0.25, dropout=0.0, fc_dropout=0.0)
+    pools = [m for m in model.features if isinstance(m, nn.Sequential) and isinstance(m[0], nn.MaxPool2d)]
+    assert len(pools) == 2 and all(isinstance(act, nn.ReLU) for _, act in pools)  # both of the seed's pools
+    x = torch.randn(8, 3, 16, 16)
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    reference = _cifar_seed_order(model)
+    assert list(reference.state_dict()) == list(model.features.state_dict())  # checkpoint keys stay
+    out, grads = _step(model, model, x)
+    ref_out, ref_grads = _step(lambda t: model.classifier(reference(t)), model, x)
+    assert torch.equal(out, ref_out)
+    for grad, ref_grad in zip(grads, ref_grads):
+        assert torch.equal(grad, ref_grad)
+
+
+def test_cifar_cnn_keeps_the_seed_order_for_a_smooth_activation():
+    model = CifarCNN((3, 32, 32), 10, width=0.25, act_layer=nn.SiLU)
+    pools = [index for index, m in enumerate(model.features) if isinstance(m, nn.MaxPool2d)]
+    assert len(pools) == 2 and all(isinstance(model.features[i - 1][2], nn.SiLU) for i in pools)

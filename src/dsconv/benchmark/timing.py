@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import functools
 import math
+import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -249,3 +250,22 @@ def measure_interleaved(
     idle = max(0, usable_cpus() - torch.get_num_threads())
     contended = others is not None and others > idle + float(options["contention_threshold"])
     return Interleaved(timings, others, contended)
+
+
+def rotated_repeats(timers: Mapping[Hashable, Callable[[], float]], repeats: int) -> dict[Hashable, list[float]]:
+    """Each repeat calls every timer once, in an order rotated by one per repeat, so that none always runs
+    first (after a pause) or last; returns every timer's readings, in repeat order."""
+    keys = list(timers)
+    readings: dict[Hashable, list[float]] = {key: [] for key in keys}
+    for repeat in range(repeats):
+        shift = repeat % len(keys)
+        for key in keys[shift:] + keys[:shift]:
+            readings[key].append(timers[key]())
+    return readings
+
+
+def median_with_range(values: Sequence[float], spec: str, scale: float = 1.0) -> tuple[float, str]:
+    """The median of ``values`` and a table cell "median (min-max)", each number ``scale``-d and ``spec``-formatted."""
+    median = statistics.median(values)
+    low, high = (scale * v for v in (min(values), max(values)))
+    return median, f"{scale * median:{spec}} ({low:{spec}}-{high:{spec}})"

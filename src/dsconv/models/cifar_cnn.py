@@ -5,7 +5,9 @@ convs and Conv(128->256) become MobileNet ``conv_dw`` blocks (3x3 depthwise, BN,
 BN, act; no biases) while Conv(128->128) and Conv(256->256) stay standard in both twins, as in the
 seed. Standard convs keep PyTorch's default bias, as the seed's code does. The four swappable convs are
 the model's stages (``model.conv``/``kernel_size``/``depth_multiplier`` per stage, ``inverted_residual``
-too); ``width`` scales all six convs' channels while the 1024/512 hidden layers stay.
+too); ``width`` scales all six convs' channels while the 1024/512 hidden layers stay. Where the seed
+pools after a conv's activation and the activation is a clamp (ReLU), the pool runs first: the same
+outputs and gradients, bit for bit, with the activation on a quarter of the elements.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from dsconv.layers import conv_norm_act, make_act
+from dsconv.layers import commutes_with_max_pool, conv_norm_act, make_act
 from dsconv.models.init import init_weights
 from dsconv.models.stages import Stage, check_width, plan_stages, scale_channels
 from dsconv.registry import register_model
@@ -60,6 +62,9 @@ class CifarCNN(nn.Module):
             out_ch = scale_channels(base_ch, width)
             stage = next(stages) if swappable_conv else Stage("standard", 3)
             options = dict(stage.options) if stage.kind != "standard" else {"bias": True}
+            # A clamp after the pool is the same function on a quarter of the elements; the unit keeps an
+            # Identity in its activation's place and the pool's slot holds pool -> act, so no key moves.
+            clamp_after_pool = pool and commutes_with_max_pool(make_act(act_layer))
             layers.append(
                 conv_norm_act(
                     stage.kind,
@@ -67,12 +72,14 @@ class CifarCNN(nn.Module):
                     out_ch,
                     stage.kernel_size,
                     norm_layer="batch" if use_bn else None,
-                    act_layer=act_layer,
+                    act_layer=None if clamp_after_pool else act_layer,
                     **options,
                 )
             )
             if pool:
-                layers.append(nn.MaxPool2d(2))
+                layers.append(
+                    nn.Sequential(nn.MaxPool2d(2), make_act(act_layer)) if clamp_after_pool else nn.MaxPool2d(2)
+                )
                 height, size = height // 2, size // 2
                 if base_ch == 128:  # the seed drops out after the first pool only
                     layers.append(nn.Dropout(dropout))
