@@ -5,7 +5,7 @@ AVX-512 CPUs, fp32 elsewhere), channels_last, and the mirror image's forward pas
 sets ``trainer.eval_hflip``. Each repeat times every batch size once, in a rotated order, over the same
 random images; the CSV holds per-size medians and the ratio to the fastest size.
 
-    python scripts/bench_eval_batch.py --csv results/speedrun/eval_batch.csv
+    python scripts/bench_eval_batch.py --repeats 15 --csv results/speedrun/avx512/eval_batch.csv
 """
 
 from __future__ import annotations
