@@ -27,6 +27,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# No torch pin: pip resolves a torch/torchvision pair built for each other (see README).
 	$(PY) -m pip install --quiet -e ".[dev]"
+	# Bytecode for the editable install, as pip writes it for an installed package: under
+	# PYTHONDONTWRITEBYTECODE=1 (common in containers) every process would compile src again.
+	$(PY) -m compileall -q src
 	touch $(STAMP)
 
 install: $(STAMP)

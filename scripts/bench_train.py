@@ -23,6 +23,7 @@ script prints median process seconds, the ratio dsconv / plain script, and mean 
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import statistics
@@ -224,6 +225,9 @@ def speedrun(data_dir: Path, experiment: str, seeds: int, overrides: list[str]) 
     (imports, config, data, training, test evaluation, every output file) to exit.
     """
     dataset, plain_epochs = SPEEDRUNS[experiment]
+    # dsconv's bytecode up to date, as for an installed package (an editable one under
+    # PYTHONDONTWRITEBYTECODE=1 would be compiled again by every process; results/speedrun/bytecode_ab.json)
+    compileall.compile_dir(REPO / "src", quiet=1)
     rows: dict[str, list[dict]] = {"dsconv": [], "plain": []}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(seeds):

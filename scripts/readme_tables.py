@@ -108,6 +108,8 @@ def _machine_sentence(result: dict) -> str:
     precisions = {result[name]["runs"][0]["precision"] for name in ("dsconv", "plain") if name in result}
     precision = f", {' and '.join(sorted(precisions))}" if precisions else ""
     machine = f"{result['cpu_model']}, {result['cpu_count']} CPUs, torch kernels {result['cpu_capability']}"
+    if "amx_bf16" in result.get("cpu_flags", ()):  # oneDNN's bf16 convolutions run on the AMX tiles
+        machine += " with AMX"
     return f" Machine: {machine}{precision}."
 
 

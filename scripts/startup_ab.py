@@ -6,6 +6,12 @@ both sides alike. Per run: the whole process time (measured here), and the start
 accuracy from the run's own ``metrics.json``. The JSON is what ``scripts/readme_tables.py``'s
 ``beforeafter`` table reads.
 
+Each worktree's ``src`` is byte-compiled first (``--precompile both``, the default), as a pip-installed
+package is: under ``PYTHONDONTWRITEBYTECODE=1`` (common in containers) an uncompiled tree is compiled
+again, in memory, by every process. ``--precompile after`` with the same commit on both sides measures
+what that costs:
+
+    python scripts/startup_ab.py HEAD HEAD --precompile after --pairs 5 --json results/speedrun/bytecode_ab.json
     python scripts/startup_ab.py 3feef32 HEAD --pairs 3 --change-before "..." --change-after "..." \\
         --json results/speedrun/startup_ab_describe.json
 """
@@ -13,6 +19,7 @@ accuracy from the run's own ``metrics.json``. The JSON is what ``scripts/readme_
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import subprocess
@@ -57,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--change-before", default="", help="what the before side still does")
     parser.add_argument("--change-after", default="", help="what the after side changed")
     parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument(
+        "--precompile",
+        choices=["both", "after", "none"],
+        default="both",
+        help="which sides' src is byte-compiled before the runs (both: as an installed package)",
+    )
     args = parser.parse_args(argv)
     if args.pairs < 1:
         parser.error(f"--pairs {args.pairs} must be >= 1")
@@ -67,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         for side, commit in commits.items():
             trees[side] = Path(tmp) / side
             subprocess.run(["git", "-C", str(REPO), "worktree", "add", "-q", "--detach", str(trees[side]), commit])
+            if args.precompile == "both" or args.precompile == side:
+                compileall.compile_dir(trees[side] / "src", quiet=1)
         try:
             for repeat in range(1, args.pairs + 1):
                 for side in commits:
@@ -78,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                 subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)])
     result = {
         "command": f"dsconv-train {' '.join(RUN[:2])} (whole processes; before, after alternating, "
-        f"{args.pairs} pairs, idle machine)",
+        f"{args.pairs} pairs, idle machine; byte-compiled src: {args.precompile})",
         "sides": {
             "before": {"commit": commits["before"], "change": args.change_before},
             "after": {"commit": commits["after"], "change": args.change_after},

@@ -52,6 +52,9 @@ def test_blocks_are_regenerated_from_their_sources(tmp_path):
     (tmp_path / "s.json").write_text(json.dumps(speedrun))
     out = readme_tables.render(text, tmp_path)
     assert "Machine: AMD EPYC, 2 CPUs, torch kernels AVX2, fp32.\n" in out
+    speedrun.update(cpu_model="Intel Xeon", cpu_flags=["avx512f", "avx512_bf16", "amx_bf16"], cpu_capability="AVX512")
+    (tmp_path / "s.json").write_text(json.dumps(speedrun))
+    assert "Machine: Intel Xeon, 2 CPUs, torch kernels AVX512 with AMX, fp32.\n" in readme_tables.render(text, tmp_path)
 
 
 def test_kd_sweep_shows_test_accuracy_of_the_validation_pick_only(tmp_path):
