@@ -228,3 +228,28 @@ def test_a_sweep_optimising_a_test_metric_is_refused_before_any_job(tmp_path):
         "best_val_loss, macs_per_image, params_total, latency_ms_b1), never a test metric"
     ]
     assert not sweep_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "skips_teardown"),
+    [
+        (["experiment=mnist_speedrun"], {}, True),
+        (["experiment=mnist_speedrun"], {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}, True),
+        (["-m", "trainer.seed=0,1"], {}, False),
+        (["--multirun", "trainer.seed=0,1"], {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}, False),
+    ],
+)
+def test_the_entry_point_skips_interpreter_teardown_except_for_sweeps(monkeypatch, argv, env, skips_teardown):
+    import dsconv.train as train_module
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    exits = []
+    monkeypatch.setattr(train_module, "main", lambda: None)
+    monkeypatch.setattr(train_module.os, "_exit", exits.append)
+    monkeypatch.setattr(train_module.logging, "shutdown", lambda: None)  # pytest's own handlers stay open
+    monkeypatch.setattr(train_module.sys, "argv", ["dsconv-train", *argv])
+    train_module.cli()
+    assert exits == ([0] if skips_teardown else [])
